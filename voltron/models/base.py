@@ -1,0 +1,223 @@
+"""The model config, the preprocessing contract that ships with the weights, and the base class every encoder shares."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MODES = ("multimodal", "visual")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model exactly; saved as config.json next to the weights."""
+
+    family: str
+    size: str = "small"
+    # Vision transformer (ignored by the ResNet trunk except image_size)
+    image_size: int = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    embed_dim: int = 384
+    depth: int = 12
+    n_heads: int = 6
+    mlp_ratio: float = 4.0
+    # MAE decoder
+    decoder_embed_dim: int = 192
+    decoder_depth: int = 6
+    decoder_n_heads: int = 6
+    mask_ratio: float = 0.75
+    # Language
+    language_model: str = "minilm"
+    max_lang_len: int = 20
+    lang_cache_size: int = 0
+    legacy_query_mask: bool = False  # upstream's pad mask on query rows; on for imported release weights
+    # V-Gen
+    gen_ratio: float = 0.5
+    mae_weight: float = 1.0
+    lm_weight: float = 0.5
+    # R3M
+    trunk: str = "vit"  # "vit" or "resnet50"
+    l1_weight: float = 1e-5
+    l2_weight: float = 1e-5
+    tcn_weight: float = 1.0
+    lang_weight: float = 1.0
+    n_negatives: int = 3
+    reward_hidden: int = 1024
+    # Preprocessing contract: short-side resize, centre crop, then (x/255 - mean) / std
+    resize: int = 224
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown model config keys {unknown}; expected a subset of {sorted(known)}")
+        if "family" not in data:
+            raise ValueError(f"{source}: model config has no 'family' key")
+        values = dict(data)
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        return cls(**values)
+
+
+class Preprocess:
+    """Images -> the float tensor a model expects: short-side resize (antialiased), centre crop, normalise.
+
+    Accepts a PIL image, a uint8 numpy array (H, W, 3) or (B, H, W, 3), or a torch tensor (..., 3, H, W) that is
+    uint8 (0-255) or float (0-1). Returns float32 (..., 3, crop, crop).
+    """
+
+    def __init__(self, resize: int, crop: int, mean, std):
+        self.resize, self.crop = int(resize), int(crop)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> Preprocess:
+        return cls(config.resize, config.crop, config.mean, config.std)
+
+    def __repr__(self) -> str:
+        return f"Preprocess(resize={self.resize}, crop={self.crop}, mean={self.mean}, std={self.std})"
+
+    @staticmethod
+    def to_tensor(images: Any) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            array = np.asarray(images)  # PIL images convert through the array protocol
+            if array.ndim not in (3, 4) or array.shape[-1] != 3:
+                raise ValueError(f"expected an RGB image (H, W, 3) or batch (B, H, W, 3); got shape {array.shape}")
+            images = torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3)
+        if images.ndim < 3 or images.shape[-3] != 3:
+            raise ValueError(f"expected images shaped (..., 3, H, W); got {tuple(images.shape)}")
+        return images
+
+    def __call__(self, images: Any) -> torch.Tensor:
+        images = self.to_tensor(images)
+        lead = images.shape[:-3]
+        x = images.reshape(-1, *images.shape[-3:])
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        height, width = x.shape[-2:]
+        if min(height, width) != self.resize:
+            scale = self.resize / min(height, width)
+            size = (max(self.resize, round(height * scale)), max(self.resize, round(width * scale)))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        top, left = (x.shape[-2] - self.crop) // 2, (x.shape[-1] - self.crop) // 2
+        x = x[..., top : top + self.crop, left : left + self.crop]
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
+        return ((x - mean) / std).reshape(*lead, 3, self.crop, self.crop)
+
+
+class VoltronModel(nn.Module):
+    """Base of every encoder. Subclasses set the class attributes and implement `encode` and `pretrain_loss`.
+
+    Contract:
+    - `forward(images, lang=None, mode="multimodal"|"visual") -> (B, N, embed_dim)` tokens, where `images` are
+      preprocessed floats shaped (B, 3, S, S), or (B, n_frames, 3, S, S) for multi-frame models.
+    - `pretrain_loss(batch) -> (loss, metrics)` on a loader batch: "frames" uint8 (B, [n_frames,] 3, S, S),
+      "input_ids"/"attention_mask" (B, L) when the model uses language, and optionally "seed" (B,) int64.
+    """
+
+    family: ClassVar[str] = ""
+    n_frames: ClassVar[int] = 1
+    data_modality: ClassVar[str] = "state"
+    uses_language: ClassVar[bool] = False
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim, self.n_heads = config.embed_dim, config.n_heads
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_config(self.config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def image_shape(self) -> tuple[int, ...]:
+        size = self.config.image_size
+        return (3, size, size) if self.n_frames == 1 else (self.n_frames, 3, size, size)
+
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Validate preprocessed images and return them as (B, n_frames, 3, S, S)."""
+        expected = self.image_shape()
+        shape_text = "(B, " + ", ".join(str(d) for d in expected) + ")"
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{self.family}: images must be a torch.Tensor shaped {shape_text}; got {type(images)}")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"{self.family}: images must be float (run the model's preprocess first); got dtype {images.dtype}, "
+                f"expected float shaped {shape_text}"
+            )
+        if images.ndim != len(expected) + 1 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"{self.family}: images have shape {tuple(images.shape)}; expected {shape_text}")
+        return images if self.n_frames > 1 else images.unsqueeze(1)
+
+    def normalize(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 loader frames (..., 3, S, S) -> normalised floats, on the frames' device."""
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"{self.family}: batch['frames'] must be uint8 (..., 3, S, S); got {frames.dtype}")
+        mean = torch.tensor(self.config.mean, device=frames.device).view(3, 1, 1)
+        std = torch.tensor(self.config.std, device=frames.device).view(3, 1, 1)
+        return (frames.float() / 255.0 - mean) / std
+
+    def batch_frames(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's frames, normalised and shaped (B, n_frames, 3, S, S)."""
+        return self.check_images(self.normalize(batch["frames"]))
+
+    def check_lang(self, lang: list[str] | None, batch_size: int) -> list[str] | None:
+        if lang is None:
+            return None
+        if not self.uses_language:
+            raise ValueError(f"{self.family} has no language input; pass lang=None")
+        if isinstance(lang, str) or not isinstance(lang, list | tuple):
+            raise TypeError(f"lang must be a list of strings, one per image; got {type(lang).__name__}")
+        if len(lang) != batch_size:
+            raise ValueError(f"lang has {len(lang)} captions for {batch_size} images; expected one caption per image")
+        return list(lang)
+
+    @staticmethod
+    def check_mode(mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+    # --- bookkeeping ----------------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that define this model; the frozen language model is rebuilt from its name instead."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+
+    def num_parameters(self, include_language_model: bool = False) -> int:
+        return sum(
+            p.numel() for name, p in self.named_parameters() if include_language_model or not name.startswith("lm.")
+        )
+
+    def input_contract(self) -> str:
+        shape = "(B, " + ", ".join(str(d) for d in self.image_shape()) + ")"
+        lang = f"lang: list[str] (<= {self.config.max_lang_len} tokens)" if self.uses_language else "no language"
+        return f"images {shape} float, {lang}"
+
+    def save_pretrained(self, directory) -> None:
+        from voltron.models.checkpoints import save_pretrained
+
+        save_pretrained(self, directory)
+
+    def pretrain_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:  # pragma: no cover
+        raise NotImplementedError

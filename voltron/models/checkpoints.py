@@ -1,0 +1,226 @@
+"""Checkpoint directories (config.json + model.safetensors), the local weights cache, and upstream release import."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from voltron.models.base import ModelConfig, VoltronModel
+from voltron.models.registry import available_models, build_model, default_config, parse_model_id
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated, corrupt or does not fit the model."""
+
+
+# === Atomic writes ===
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: malformed {what} at line {err.lineno}, column {err.colno}: {err.msg}") from err
+
+
+# === Save / load ===
+def save_pretrained(model: VoltronModel, directory: str | os.PathLike) -> Path:
+    """Write config.json and model.safetensors (the frozen language model is referenced by name, not copied)."""
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.trainable_state_dict().items()}
+    atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt", "family": model.family}))
+    atomic_write_json(directory / CONFIG_NAME, model.config.to_dict())
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> ModelConfig:
+    path = Path(directory) / CONFIG_NAME
+    return ModelConfig.from_dict(read_json(path, "model config"), source=str(path))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        return load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(
+            f"{path}: corrupt or truncated safetensors file ({err}); save the model again or re-copy the file"
+        ) from err
+
+
+def load_state(model: VoltronModel, state: dict[str, torch.Tensor], source: str) -> VoltronModel:
+    """Load `state` strictly, except that the frozen language model (lm.*) comes from its own files."""
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in state and not k.startswith("lm."))
+    unexpected = sorted(k for k in state if k not in expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit {model.family} ({model.config.size}); "
+            f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{source}: tensor {key!r} has shape {tuple(value.shape)}; the model expects {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_pretrained(directory: str | os.PathLike) -> VoltronModel:
+    directory = Path(directory)
+    config = read_config(directory)
+    state = read_weights(directory / WEIGHTS_NAME)
+    return load_state(build_model(config), state, str(directory / WEIGHTS_NAME))
+
+
+# === The local weights cache ===
+def weights_home() -> Path:
+    return Path(os.environ.get("VOLTRON_HOME", "~/.cache/voltron")).expanduser()
+
+
+def resolve_pretrained(name: str) -> Path:
+    """The directory of a registered model's released weights in the local cache, converting upstream files once.
+
+    Looks for $VOLTRON_HOME/<name>/{config.json, model.safetensors}, else the upstream release pair
+    $VOLTRON_HOME/<name>/{<name>.pt, <name>-config.json}. Nothing is downloaded: no checksummed source for the
+    release files is known to this package, and an unverified download is worse than a clear error.
+    """
+    parse_model_id(name)  # unknown names fail here with the list of models
+    folder = weights_home() / name
+    if (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+        return folder
+    upstream_pt, upstream_config = folder / f"{name}.pt", folder / f"{name}-config.json"
+    if upstream_pt.is_file() and upstream_config.is_file():
+        return convert_upstream(upstream_pt, upstream_config, folder, family=name)
+    raise FileNotFoundError(
+        f"No weights for {name!r} in {folder}. Put the upstream release files there "
+        f"({name}.pt and {name}-config.json, from the Voltron release), or convert them with "
+        f"`voltron convert-upstream {name}.pt {name}-config.json {folder}`; set VOLTRON_HOME to use another cache. "
+        f"For a randomly initialised model, call voltron.load({name!r}, pretrained=False)."
+    )
+
+
+# === Upstream release import ===
+UPSTREAM_CONFIG_KEYS = {
+    "resolution": "image_size",
+    "patch_size": "patch_size",
+    "in_channels": "in_channels",
+    "encoder_depth": "depth",
+    "encoder_embed_dim": "embed_dim",
+    "encoder_n_heads": "n_heads",
+    "depth": "depth",
+    "embed_dim": "embed_dim",
+    "n_heads": "n_heads",
+    "decoder_depth": "decoder_depth",
+    "decoder_embed_dim": "decoder_embed_dim",
+    "decoder_n_heads": "decoder_n_heads",
+    "mlp_ratio": "mlp_ratio",
+    "mask_ratio": "mask_ratio",
+    "language_model": "language_model",
+    "max_lang_len": "max_lang_len",
+    "gen_ratio": "gen_ratio",
+    "mae_weight": "mae_weight",
+    "lm_weight": "lm_weight",
+}
+# V-Gen's upstream names for the tokens and the patch head that every other family names as below
+UPSTREAM_RENAMES = {
+    "img_enc_token": "img_token",
+    "lang_enc_token": "lang_token",
+    "decoder_patch_prediction": "decoder_prediction",
+}
+# upstream-only tensors: the frozen LM (rebuilt from its name), V-Gen's unused decoder tokens, its fixed prefix mask
+UPSTREAM_DROPPED_PREFIXES = ("lm.", "img_dec_token", "lang_dec_token", "prefix_mask")
+
+
+def upstream_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """Accept the release format [state_dict, optimizer_state] and the DDP {"model_state_dict": ...} format."""
+    if isinstance(obj, list | tuple) and obj and isinstance(obj[0], dict):
+        obj = obj[0]
+    elif isinstance(obj, dict) and "model_state_dict" in obj:
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{source}: expected an upstream Voltron checkpoint ([state_dict, optimizer_state] or "
+            f"{{'model_state_dict': ...}}); got {type(obj).__name__}"
+        )
+    state = {}
+    for key, value in obj.items():
+        key = key.removeprefix("module.")
+        if key.startswith(UPSTREAM_DROPPED_PREFIXES):
+            continue
+        head, _, rest = key.partition(".")
+        state[".".join(filter(None, [UPSTREAM_RENAMES.get(head, head), rest]))] = value
+    return state
+
+
+def convert_upstream(
+    checkpoint: str | os.PathLike,
+    config_json: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    family: str | None = None,
+    language_model: str | None = None,
+) -> Path:
+    """Import an upstream Voltron release checkpoint into a voltron checkpoint directory.
+
+    `family` is the upstream model id (v-cond, v-dual, v-gen, v-cond-base, r-mvp, r-r3m-vit, r-r3m-rn50); by
+    default the checkpoint's file stem. Imported models use upstream's legacy query-row padding mask.
+    `language_model` overrides the config's (e.g. a local copy of distilbert-base-uncased).
+    """
+    checkpoint, config_json = Path(checkpoint), Path(config_json)
+    name = family or checkpoint.stem
+    if name not in available_models():
+        raise KeyError(f"{checkpoint}: cannot tell the model family from {name!r}; pass family= one of {available_models()}")
+    upstream = read_json(config_json, "upstream model config")
+    if not isinstance(upstream, dict):
+        raise CheckpointError(f"{config_json}: expected a JSON object of model arguments")
+    overrides = {ours: upstream[theirs] for theirs, ours in UPSTREAM_CONFIG_KEYS.items() if theirs in upstream}
+    if language_model:
+        overrides["language_model"] = language_model
+    config = default_config(name, legacy_query_mask=True, **overrides)
+    try:
+        obj = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated/corrupt pickles
+        raise CheckpointError(f"{checkpoint}: cannot read the upstream checkpoint ({err})") from err
+    model = build_model(config)
+    state = upstream_state_dict(obj, str(checkpoint))
+    expected = model.state_dict()
+    for key, value in list(state.items()):  # upstream keeps some tokens with extra singleton axes
+        if key in expected and value.shape != expected[key].shape and value.numel() == expected[key].numel():
+            state[key] = value.reshape(expected[key].shape)
+    load_state(model, state, str(checkpoint))
+    return save_pretrained(model, out_dir)

@@ -1,0 +1,1 @@
+"""Pretraining: one torchrun-distributed trainer for every Voltron objective, with exact resume."""
