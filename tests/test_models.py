@@ -162,9 +162,7 @@ def test_key_mask_ignores_padding_but_legacy_query_mask_does_not():
     # the same captions padded to 12 and to 24 tokens: only the number of pad tokens differs
     assert torch.allclose(short(images, CAPTIONS, mode="visual"), long(images, CAPTIONS, mode="visual"), atol=1e-5)
     short.config.legacy_query_mask = long.config.legacy_query_mask = True
-    assert not torch.allclose(
-        short(images, CAPTIONS, mode="visual"), long(images, CAPTIONS, mode="visual"), atol=1e-4
-    )
+    assert not torch.allclose(short(images, CAPTIONS, mode="visual"), long(images, CAPTIONS, mode="visual"), atol=1e-4)
 
 
 def test_sdpa_matches_eager_reference_attention():
@@ -274,7 +272,11 @@ def test_convert_upstream_release_checkpoint(tmp_path):
     4-D tokens) imports, switches on the legacy query mask, and reproduces the source weights' outputs."""
     torch.manual_seed(0)
     source = build_model("v-gen-tiny", legacy_query_mask=True).eval()
-    renames = {"img_token": "img_enc_token", "lang_token": "lang_enc_token", "decoder_prediction": "decoder_patch_prediction"}
+    renames = {
+        "img_token": "img_enc_token",
+        "lang_token": "lang_enc_token",
+        "decoder_prediction": "decoder_patch_prediction",
+    }
     upstream = {}
     for key, value in source.state_dict().items():
         head, dot, rest = key.partition(".")

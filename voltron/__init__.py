@@ -17,7 +17,9 @@ def available_models() -> list[str]:
     return _available()
 
 
-def load(name_or_dir: str | os.PathLike, device: str = "cpu", freeze: bool = True, pretrained: bool = True, **overrides):
+def load(
+    name_or_dir: str | os.PathLike, device: str = "cpu", freeze: bool = True, pretrained: bool = True, **overrides
+):
     """Return `(model, preprocess)` for a registered model id or a checkpoint directory.
 
     - A directory (anything `save_pretrained` or `voltron pretrain` wrote) is restored exactly.

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+
+# Bad input (missing or corrupt files, unknown names, wrong shapes) is reported as one line naming the problem;
+# set VOLTRON_DEBUG=1 for the traceback.
+USER_ERRORS = (OSError, KeyError, ValueError)
 
 # Each module exposes `register(subparsers)`, which adds its subcommands and sets `func` on them.
 # Registration must only touch argparse: heavy imports (torch, mujoco, ...) happen inside the handlers,
@@ -48,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except USER_ERRORS as err:
+        if os.environ.get("VOLTRON_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"voltron {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

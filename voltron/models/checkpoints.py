@@ -17,7 +17,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, corrupt or does not fit the model."""
 
 
@@ -204,7 +204,9 @@ def convert_upstream(
     checkpoint, config_json = Path(checkpoint), Path(config_json)
     name = family or checkpoint.stem
     if name not in available_models():
-        raise KeyError(f"{checkpoint}: cannot tell the model family from {name!r}; pass family= one of {available_models()}")
+        raise KeyError(
+            f"{checkpoint}: cannot tell the model family from {name!r}; pass family= one of {available_models()}"
+        )
     upstream = read_json(config_json, "upstream model config")
     if not isinstance(upstream, dict):
         raise CheckpointError(f"{config_json}: expected a JSON object of model arguments")

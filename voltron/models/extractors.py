@@ -19,7 +19,11 @@ class MAPAttention(nn.Module):
         if dim % n_heads:
             raise ValueError(f"MAP: embed_dim {dim} is not divisible by n_heads {n_heads}")
         self.n_heads = n_heads
-        self.q, self.kv, self.proj = nn.Linear(dim, dim, bias=False), nn.Linear(dim, 2 * dim, bias=False), nn.Linear(dim, dim)
+        self.q, self.kv, self.proj = (
+            nn.Linear(dim, dim, bias=False),
+            nn.Linear(dim, 2 * dim, bias=False),
+            nn.Linear(dim, dim),
+        )
 
     def forward(self, latents: torch.Tensor, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         (batch, n_latents, dim), length, heads = latents.shape, x.shape[1], self.n_heads

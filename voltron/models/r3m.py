@@ -98,7 +98,9 @@ class R3M(VoltronModel):
         frames = self.batch_frames(batch)
         batch_size, device = frames.shape[0], frames.device
         if "input_ids" not in batch or "attention_mask" not in batch:
-            raise KeyError(f"{self.family} pretraining batch needs 'input_ids' and 'attention_mask'; got {sorted(batch)}")
+            raise KeyError(
+                f"{self.family} pretraining batch needs 'input_ids' and 'attention_mask'; got {sorted(batch)}"
+            )
         emb = self.embed(frames.flatten(0, 1)).unflatten(0, (batch_size, self.train_frames))  # (B, 5, D)
         s0, si, sj, sk, st = emb.unbind(dim=1)
         l1 = torch.linalg.vector_norm(emb, ord=1, dim=-1).mean()

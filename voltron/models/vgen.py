@@ -43,9 +43,7 @@ class VGen(VDual):
         pad = legacy_query_mask(full) if self.config.legacy_query_mask else key_padding_mask(full)
         return self.prefix_mask(lang_mask.shape[1], lang_mask.device)[None, None] & pad
 
-    def language_loss(
-        self, logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def language_loss(self, logits: torch.Tensor, target_ids: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
         """Per-example mean next-token cross-entropy (B,): logits[:, t] predicts ids[:, t + 1] where mask[:, t]."""
         batch, length, vocab = logits.shape
         ce = F.cross_entropy(
