@@ -1,0 +1,207 @@
+"""Scripted-expert demonstration collection: successful MetaWorld rollouts written as household-demo HDF5."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+from voltron.datasets.demos import Episode, write_demos
+from voltron.sim.env import SimEnv
+from voltron.sim.experts import ScriptedExpert, expert_policy_classes, rollout
+from voltron.sim.tasks import get_task
+
+
+@dataclass
+class CollectStats:
+    """What a collection run did; `success_rate` is the expert's, over every attempted episode."""
+
+    attempts: int = 0
+    successes: int = 0
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.attempts if self.attempts else 0.0
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def env_args_for(env: SimEnv, *, action_noise: float, seed: int) -> dict:
+    """The `data` attribute `env_args`: enough to rebuild the environment the demos came from."""
+    env_kwargs = {
+        "camera": env.camera,
+        "image_size": list(env.image_shape),
+        "horizon": env.horizon,
+        "multisamples": env.multisamples,
+    }
+    return {
+        "env_name": env.task.env_id,
+        "env_type": "metaworld",
+        "env_kwargs": env_kwargs,
+        "task": env.task.name,
+        **env_kwargs,
+        "language": env.task.language,
+        "proprio_keys": list(env.task.proprio_keys),
+        "action_space": {"shape": [4], "low": -1.0, "high": 1.0, "keys": ["dx", "dy", "dz", "gripper"]},
+        "expert": expert_policy_classes()[env.task.name].__name__,
+        "action_noise": action_noise,
+        "seed": seed,
+        "metaworld_version": _version("metaworld"),
+        "mujoco_version": _version("mujoco"),
+    }
+
+
+def iter_successful_episodes(
+    env: SimEnv,
+    n_episodes: int,
+    stats: CollectStats,
+    *,
+    action_noise: float = 0.0,
+    seed: int = 0,
+    max_attempts: int | None = None,
+    post_success_steps: int = 10,
+    progress: bool = True,
+) -> Iterator[Episode]:
+    """Roll out the expert until `n_episodes` succeed (or `max_attempts` run out), yielding only the successes.
+
+    Attempt k resets the env with seed `seed + k` and seeds the action noise from (seed, k), so a run is
+    reproducible; each yielded episode records its reset seed in `attrs["seed"]`.
+    """
+    max_attempts = max_attempts or 4 * n_episodes
+    expert = ScriptedExpert(env.task, action_noise=action_noise)
+    bar = tqdm(total=n_episodes, desc=f"collect {env.task.name}", unit="demo", disable=not progress)
+    try:
+        while stats.successes < n_episodes and stats.attempts < max_attempts:
+            episode_seed = seed + stats.attempts
+            expert.reset(seed=[seed, stats.attempts])
+            record = rollout(env, expert, seed=episode_seed, post_success_steps=post_success_steps)
+            stats.attempts += 1
+            bar.set_postfix(expert_success=f"{stats.successes + record.success}/{stats.attempts}")
+            if not record.success:
+                continue
+            stats.successes += 1
+            bar.update(1)
+            dones = np.zeros(len(record), np.uint8)
+            dones[-1] = 1
+            yield Episode(
+                images={env.camera: np.stack(record.images)},
+                proprio=np.stack(record.proprio),
+                actions=np.stack(record.actions),
+                language=env.task.language,
+                rewards=np.asarray(record.rewards, np.float32),
+                dones=dones,
+                attrs={"seed": episode_seed, "success": True, "task": env.task.name},
+            )
+    finally:
+        bar.close()
+
+
+def collect(
+    task: str,
+    n_episodes: int,
+    out: str | os.PathLike,
+    *,
+    action_noise: float = 0.0,
+    seed: int = 0,
+    camera: str | None = None,
+    image_size: int = 224,
+    horizon: int | None = None,
+    multisamples: int = 0,
+    max_attempts: int | None = None,
+    post_success_steps: int = 10,
+    valid_fraction: float = 0.1,
+    compression: str = "gzip",
+    progress: bool = True,
+) -> tuple[Path, CollectStats]:
+    """Collect `n_episodes` successful expert demonstrations of `task` into the HDF5 file `out` (atomically)."""
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes={n_episodes}: expected at least 1")
+    spec = get_task(task)
+    stats = CollectStats()
+    env = SimEnv(spec, camera=camera, image_size=image_size, horizon=horizon, multisamples=multisamples)
+    try:
+        episodes = iter_successful_episodes(
+            env,
+            n_episodes,
+            stats,
+            action_noise=action_noise,
+            seed=seed,
+            max_attempts=max_attempts,
+            post_success_steps=post_success_steps,
+            progress=progress,
+        )
+        args = env_args_for(env, action_noise=action_noise, seed=seed)
+        path = _write_nonempty(
+            out, episodes, args, stats, valid_fraction=valid_fraction, seed=seed, compression=compression
+        )
+    finally:
+        env.close()
+    return path, stats
+
+
+class NoSuccessfulEpisodes(RuntimeError):
+    """The expert did not succeed once, so there is nothing to write."""
+
+
+def _write_nonempty(out, episodes: Iterator[Episode], env_args: dict, stats: CollectStats, **kwargs) -> Path:
+    """write_demos, but refuse (leaving no file) when the iterator yields nothing."""
+    first = next(episodes, None)
+    if first is None:
+        raise NoSuccessfulEpisodes(
+            f"{out}: the expert succeeded in 0 of {stats.attempts} attempts, so no demo file was written"
+        )
+
+    def chained() -> Iterator[Episode]:
+        yield first
+        yield from episodes
+
+    return write_demos(out, chained(), env_args, **kwargs)
+
+
+def main(args) -> int:
+    """Handler for `voltron sim collect`."""
+    from voltron.sim.tasks import UnknownTaskError
+
+    try:
+        path, stats = collect(
+            args.task,
+            args.episodes,
+            args.out,
+            action_noise=args.action_noise,
+            seed=args.seed,
+            camera=args.camera,
+            image_size=args.image_size,
+            horizon=args.horizon,
+            multisamples=args.multisamples,
+            max_attempts=args.max_attempts,
+            post_success_steps=args.post_success_steps,
+            valid_fraction=args.valid_fraction,
+            compression=args.compression,
+            progress=not args.no_progress,
+        )
+    except (UnknownTaskError, NoSuccessfulEpisodes, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"expert success rate on {args.task}: {stats.successes}/{stats.attempts} = {stats.success_rate:.1%} "
+        f"(action noise {args.action_noise})"
+    )
+    print(f"wrote {stats.successes} successful episodes to {path}")
+    if stats.successes < args.episodes:
+        print(
+            f"warning: asked for {args.episodes} episodes but only {stats.successes} succeeded within "
+            f"{stats.attempts} attempts; raise --max-attempts or lower --action-noise",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,137 @@
+"""The Gymnasium environment for the MetaWorld tasks: camera image, proprioception and instruction in, success out."""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from voltron.sim.render import OffscreenRenderer
+from voltron.sim.tasks import TaskSpec, get_task, task_names
+
+_LANGUAGE_CHARSET = string.ascii_letters + string.digits + " ,.'-"
+
+
+class SimEnv(gym.Env):
+    """A MetaWorld task as a Gymnasium env with observations {"image", "proprio", "language"}.
+
+    - `image`: (H, W, 3) uint8 from the task's camera (default `corner`, 224x224), upright (see FLIPPED_CAMERAS).
+    - `proprio`: (4,) float32, hand xyz in metres and gripper opening in [0, 1].
+    - `language`: the task instruction, e.g. "open the drawer".
+
+    Actions are (4,) float32 in [-1, 1]: hand dx, dy, dz (scaled by 1 cm per unit) and gripper effort (+1 closes).
+    `multisamples` is the renderer's anti-aliasing (0, the default, is fastest; see OffscreenRenderer).
+    `info["success"]` is MetaWorld's success flag as a bool, `info["state"]` the 39-d MetaWorld state (what the
+    scripted experts read). Episodes are truncated after `horizon` steps (default 500), and terminated on success
+    only if `terminate_on_success`. `reset(seed=s)` always gives the same scene for the same `s`.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # MetaWorld steps at 80 Hz (5 x 2.5 ms)
+
+    def __init__(
+        self,
+        task: str | TaskSpec,
+        *,
+        camera: str | None = None,
+        image_size: int | tuple[int, int] = 224,
+        horizon: int | None = None,
+        multisamples: int = 0,
+        terminate_on_success: bool = False,
+        render_mode: str | None = "rgb_array",
+    ) -> None:
+        self.task = get_task(task)
+        self.camera = camera or self.task.camera
+        self.horizon = int(horizon or self.task.horizon)
+        self.image_shape = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)  # (H, W)
+        self.terminate_on_success = terminate_on_success
+        self.multisamples = multisamples
+        self.render_mode = render_mode
+        self._env = self.task.make_env(horizon=self.horizon)
+        self._renderer = OffscreenRenderer(
+            self._env.model,
+            height=self.image_shape[0],
+            width=self.image_shape[1],
+            camera=self.camera,
+            multisamples=multisamples,
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        self.observation_space = spaces.Dict(
+            {
+                "image": spaces.Box(0, 255, shape=(*self.image_shape, 3), dtype=np.uint8),
+                "proprio": spaces.Box(-np.inf, np.inf, shape=(len(self.task.proprio_keys),), dtype=np.float32),
+                "language": spaces.Text(max_length=256, charset=_LANGUAGE_CHARSET),
+            }
+        )
+        self._steps = 0
+        self._last_image: np.ndarray | None = None
+
+    @property
+    def language(self) -> str:
+        return self.task.language
+
+    @property
+    def unwrapped_metaworld(self) -> Any:
+        """The underlying MetaWorld env (for its MuJoCo model/data, e.g. to render other cameras)."""
+        return self._env
+
+    def _observe(self, state: np.ndarray) -> dict[str, Any]:
+        self._last_image = self._renderer.render(self._env.data)
+        return {
+            "image": self._last_image,
+            "proprio": np.asarray(state[: len(self.task.proprio_keys)], dtype=np.float32),
+            "language": self.task.language,
+        }
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._env.seed(int(seed))  # object and goal placement come from this generator
+        state, _ = self._env.reset()
+        self._steps = 0
+        return self._observe(state), {"success": False, "state": state}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != self.action_space.shape or not np.all(np.isfinite(action)):
+            raise ValueError(
+                f"{self.task.name}: action {action!r} has shape {action.shape}; expected 4 finite values "
+                "(dx, dy, dz, gripper) in [-1, 1]"
+            )
+        state, reward, _, _, mw_info = self._env.step(np.clip(action, -1.0, 1.0))
+        self._steps += 1
+        success = bool(mw_info.get("success", 0.0))
+        info = {**mw_info, "success": success, "state": state}
+        terminated = success and self.terminate_on_success
+        truncated = self._steps >= self.horizon
+        return self._observe(state), float(reward), terminated, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """The latest observation image (rendered once per step, not again here)."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._last_image is None:
+            self._last_image = self._renderer.render(self._env.data)
+        return self._last_image
+
+    def close(self) -> None:
+        self._renderer.close()
+        self._env.close()
+        super().close()
+
+
+def make_env(task: str | TaskSpec, **kwargs: Any) -> SimEnv:
+    """A `SimEnv` for `task`; keyword arguments as for `SimEnv`."""
+    return SimEnv(task, **kwargs)
+
+
+def _register_gymnasium_ids() -> None:
+    # `gymnasium.make("voltron/drawer-open")` works too; SimEnv enforces its own horizon.
+    for name in task_names():
+        env_id = f"voltron/{name}"
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point="voltron.sim.env:SimEnv", kwargs={"task": name})
+
+
+_register_gymnasium_ids()
