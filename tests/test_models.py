@@ -302,3 +302,14 @@ def test_convert_upstream_release_checkpoint(tmp_path):
     torch.save({"model_state_dict": {"module.bogus": torch.zeros(1)}}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="missing keys"):
         convert_upstream(tmp_path / "bad.pt", tmp_path / "v-gen-config.json", tmp_path / "x", family="v-gen")
+
+
+def test_unreachable_language_model_suggests_a_local_path_or_minilm():
+    import time
+
+    from voltron.models.language import load_tokenizer
+
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="local directory.*'minilm'"):
+        load_tokenizer("distilbert-base-uncased-not-cached")
+    assert time.perf_counter() - start < 10, "an offline machine must fail at once, not retry the hub"

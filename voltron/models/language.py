@@ -31,10 +31,15 @@ def resolve_language_model(name: str) -> str:
     return str(Path(name).expanduser()) if os.path.isdir(os.path.expanduser(name)) else name
 
 
+# Hub names resolve only from the local Hugging Face cache: nothing is downloaded at run time, and an offline
+# machine then fails at once instead of retrying the Hub for half a minute.
+LOCAL_ONLY = {"local_files_only": True}
+
+
 def _unreachable(name: str, err: Exception) -> OSError:
     return OSError(
         f"Could not load the language model {name!r} ({type(err).__name__}: {err}). "
-        "Nothing is downloaded at run time here: pass a local directory holding the model "
+        "Nothing is downloaded at run time: pass a local directory holding the model "
         "(config.json, weights and tokenizer files), or use the embedded offline default 'minilm'."
     )
 
@@ -45,7 +50,7 @@ def load_tokenizer(name: str = DEFAULT_LANGUAGE_MODEL):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolve_language_model(name))
+        return AutoTokenizer.from_pretrained(resolve_language_model(name), **LOCAL_ONLY)
     except (OSError, ValueError) as err:
         raise _unreachable(name, err) from err
 
@@ -58,7 +63,7 @@ def load_language_model(name: str) -> nn.Module:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModel.from_pretrained(resolve_language_model(name))
+        model = AutoModel.from_pretrained(resolve_language_model(name), **LOCAL_ONLY)
     except (OSError, ValueError) as err:
         raise _unreachable(name, err) from err
     return model.eval().requires_grad_(False)
