@@ -3,6 +3,11 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The ROS peer (rclpy stub robot + rosbridge server) lives in its own venv: the ROS wheels' start-up hook would
+# otherwise re-exec every Python process in .venv. If it cannot be installed, the ROS integration tests skip
+# with that reason; they never pass silently.
+ROS_VENV := .venv-ros
+ROS_STAMP := $(ROS_VENV)/.installed
 
 .PHONY: test demo lint bench clean-venv
 
@@ -11,7 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	@touch $(STAMP)
 
-test: $(STAMP)
+$(ROS_STAMP): scripts/setup_ros_peer.sh
+	PYTHON=$(PYTHON) scripts/setup_ros_peer.sh || echo "ROS peer setup failed: ROS integration tests will skip"
+
+test: $(STAMP) $(ROS_STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/pytest -q -m "not slow" tests
 
 demo: $(STAMP)
