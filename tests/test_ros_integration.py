@@ -180,6 +180,39 @@ def test_serve_drives_stub_within_limits(peer, tmp_path):
     assert all(r["obs_age_ms"] < WATCHDOG_MS for r in records)
 
 
+def test_bridge_subscribes_when_the_connection_opens_before_its_handlers(peer, tmp_path, monkeypatch):
+    """roslibpy's Ros() starts connecting at once, and once the reactor runs the WebSocket can open before the bridge
+    registers its 'ready' handler (the flake behind "no message within 10.0 s": no subscribe was ever sent). Force
+    that order: every Ros() returns only after its connection is open. The bridge must still subscribe and advertise,
+    exactly once per connection."""
+    import roslibpy
+
+    original_init = roslibpy.Ros.__init__
+
+    def open_before_returning(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.factory.manager.run()  # start the reactor if nothing in this process has yet
+        opened = threading.Event()
+        self.factory.on_ready(lambda _proto: opened.set())
+        assert opened.wait(10), "the rosbridge connection did not open"
+
+    monkeypatch.setattr(roslibpy.Ros, "__init__", open_before_returning)
+    probe = np.array([0.123, 0.123, 0.123])
+    with make_bridge(robot_config(peer, tmp_path)) as bridge:
+        obs = bridge.wait_for_observation(10.0)
+        assert obs.images["front"].shape == (96, 128, 3) and obs.proprio.shape == (3,)
+        # The control connection advertised its topic: commands reach the robot (DDS discovery of the server's new
+        # publisher may swallow the first few, so send until one arrives).
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not peer.records("command"):
+            assert bridge.send_action(probe, PERIOD)
+            time.sleep(PERIOD)
+        assert peer.records("command"), "no command reached the stub robot"
+        assert np.allclose(peer.records("command")[0]["data"], probe)
+        # Both registrations saw the same connection; it must not count as a reconnection.
+        assert bridge.reconnects == {"sensor": 0, "control": 0}
+
+
 def test_stopping_images_makes_server_hold_within_watchdog(peer, tmp_path):
     cfg = robot_config(peer, tmp_path)
     log_path = tmp_path / "serve.jsonl"

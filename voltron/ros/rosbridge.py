@@ -45,28 +45,40 @@ class RosbridgeBridge(RobotBridge):
         import roslibpy
 
         conn = self.config.connection
+        # Ros() already starts connecting: once the twisted reactor runs (after the first connection of this process),
+        # the socket can open before the handlers below exist, so `ready` must also catch a connection already open.
         ros = roslibpy.Ros(host=conn.host, port=conn.port)
         factory = ros.factory
         # Per-connection backoff (instance attributes shadow twisted's ReconnectingClientFactory class defaults).
         factory.initialDelay = factory.delay = conn.reconnect_initial_s
         factory.maxDelay = conn.reconnect_max_s
-        connected_once = {"yes": False}
+        ready_lock = threading.Lock()
+        handled = {"proto": None}  # the protocol (one per WebSocket connection) whose ready was handled last
 
         def ready(proto) -> None:
-            if connected_once["yes"]:
-                self.reconnects[role] += 1
-                log.warning("%s connection to %s:%s re-established", role, conn.host, conn.port)
-            connected_once["yes"] = True
-            on_ready(proto)
+            # Runs once per connection even though both registrations below may deliver the same one.
+            with ready_lock:
+                if proto is handled["proto"]:
+                    return
+                if handled["proto"] is not None:
+                    self.reconnects[role] += 1
+                    log.warning("%s connection to %s:%s re-established", role, conn.host, conn.port)
+                handled["proto"] = proto
+                on_ready(proto)  # only queues frames on the reactor: never blocks while holding the lock
 
         def closed(_proto) -> None:
             if not self._closing:
                 log.warning("%s connection to %s:%s lost; reconnecting with backoff", role, conn.host, conn.port)
 
-        ros.on("ready", ready)
         ros.on("close", closed)
-        for event, handler in (handlers or {}).items():  # before run(): messages may follow the subscription at once
+        for event, handler in (handlers or {}).items():  # before `ready`: messages follow the subscription at once
             ros.on(event, handler)
+        ros.on("ready", ready)  # every connection that opens from now on, reconnections included
+        # The connection that opened before the line above: its ready event has already been emitted, unseen.
+        # factory.on_ready calls at once when a connection is up, else waits for the next ready event. It gets its own
+        # callable: roslibpy keys listeners by function, so once("ready", ready) would replace the handler above
+        # and then remove it after one call, and no reconnection would re-subscribe.
+        factory.on_ready(lambda proto: ready(proto))
         try:
             ros.run(timeout=conn.connect_timeout_s)
         except Exception as err:  # roslibpy raises RosTimeoutError; stop its reconnect loop before giving up
