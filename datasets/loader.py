@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
 from voltron.datasets.corpus import ClipEntry
 from voltron.datasets.sampling import MIN_CLIP_FRAMES, example_seed, frame_indices, get_scheme
 from voltron.datasets.store import StoreSplit, center_square_resize

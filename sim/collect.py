@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
 from voltron.datasets.demos import Episode, write_demos
 from voltron.sim.env import SimEnv
 from voltron.sim.experts import ScriptedExpert, expert_policy_classes, rollout

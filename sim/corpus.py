@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
 from voltron.sim.tasks import CORPUS_TASKS, EVAL_TASKS, get_task, task_names
 
 FPS = 12  # Something-Something-v2's frame rate

@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 from voltron.sim.render import OffscreenRenderer
 from voltron.sim.tasks import TaskSpec, get_task, task_names
 

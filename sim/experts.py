@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from voltron.sim.tasks import TaskSpec, get_task
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from voltron.datasets.video import write_video
 
 # Frame t has mean brightness BASE + STEP * t under a zero-mean texture, so its index survives VP9, cropping,

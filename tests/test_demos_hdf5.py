@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
 from voltron.datasets.demos import DemoFile, DemoFormatError, Episode, split_names, write_demos
 
 ENV_ARGS = {"env_name": "drawer-open-v3", "env_type": "metaworld", "camera": "corner", "image_size": [16, 16]}

@@ -17,6 +17,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _corpus  # noqa: E402
+
 from voltron.datasets import corpus, sthsth  # noqa: E402
 from voltron.datasets.loader import open_store  # noqa: E402
 from voltron.datasets.preprocess import (  # noqa: E402
@@ -28,7 +29,6 @@ from voltron.datasets.preprocess import (  # noqa: E402
 )
 from voltron.datasets.store import StoreSplit, center_square_resize  # noqa: E402
 from voltron.datasets.video import iter_frames  # noqa: E402
-
 from voltron.models.language import tokenize  # noqa: E402
 
 VOLTRON = [sys.executable, "-c", "import sys; from voltron.cli import main; sys.exit(main())"]

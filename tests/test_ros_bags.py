@@ -21,8 +21,8 @@ from rosbags.rosbag1 import Writer as Writer1  # noqa: E402
 from rosbags.rosbag2 import StoragePlugin  # noqa: E402
 from rosbags.rosbag2 import Writer as Writer2  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
-from voltron.datasets.demos import DemoFile  # noqa: E402
 
+from voltron.datasets.demos import DemoFile  # noqa: E402
 from voltron.ros.bags import bag2demos, convert_bag  # noqa: E402
 from voltron.ros.config import robot_config_from_dict  # noqa: E402
 

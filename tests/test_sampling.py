@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _corpus  # noqa: E402
+
 from voltron.datasets.loader import build_dataloader, open_store  # noqa: E402
 from voltron.datasets.sampling import SCHEMES, example_seed, frame_indices, get_scheme, sample_quintet  # noqa: E402
 

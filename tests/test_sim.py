@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+
 from voltron.datasets.demos import DemoFile, Episode, write_demos
 from voltron.sim.corpus import CAPTIONS, FPS, FRAME_HEIGHT, FRAME_WIDTH, make_corpus, plan_clip
 from voltron.sim.env import SimEnv
@@ -212,9 +213,8 @@ def test_killed_collection_leaves_no_file(tmp_path):
 
 # -- the sim-made corpus -----------------------------------------------------------------------------------------
 def test_make_corpus_writes_sth_sth_layout_and_resumes(tmp_path):
-    from voltron.datasets.video import load_decord
-
     from voltron.cli import main
+    from voltron.datasets.video import load_decord
 
     out = tmp_path / "corpus"
     args = "sim make-corpus --tasks reach,handle-press --clips-per-task 2 --no-progress --out".split()

@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _corpus  # noqa: E402
+
 from voltron.datasets.video import (  # noqa: E402
     DECODE_STATS,
     FrameReader,
