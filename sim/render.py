@@ -76,6 +76,17 @@ def select_gl_backend() -> str | None:
     return None
 
 
+def preload_llvm_users() -> None:
+    """Load Triton (which torch imports lazily, e.g. with torch.compile or distributed checkpointing) before the
+    first GL context. Mesa's software renderer loads its own LLVM; Triton's bundled LLVM loaded after it
+    segfaults the process (seen: rendering a corpus, then pretraining, in one `voltron demo`). The other order
+    is safe, and importing Triton costs about 0.2 s."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # not installed (CPU-only torch builds) or unusable: nothing to protect against
+        pass
+
+
 def gl_help() -> str:
     """A message naming what failed and which Debian packages provide a headless GL backend."""
     tried = os.environ.get("MUJOCO_GL")
@@ -165,6 +176,7 @@ class OffscreenRenderer:
         # MuJoCo's offscreen buffer defaults to 640x480; grow it rather than refuse larger frames.
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        preload_llvm_users()
         try:
             self._renderer = mujoco.Renderer(model, height=self.height, width=self.width)
         except Exception as error:  # mujoco raises several types (ImportError, RuntimeError, GLError)

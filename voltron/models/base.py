@@ -80,8 +80,8 @@ class ModelConfig:
 class Preprocess:
     """Images -> the float tensor a model expects: short-side resize (antialiased), centre crop, normalise.
 
-    Accepts a PIL image, a uint8 numpy array (H, W, 3) or (B, H, W, 3), or a torch tensor (..., 3, H, W) that is
-    uint8 (0-255) or float (0-1). Returns float32 (..., 3, crop, crop).
+    Accepts a PIL image, a uint8 numpy array (H, W, 3) or (B, H, W, 3), or a torch tensor (..., 3, H, W) or
+    (..., H, W, 3) that is uint8 (0-255) or float (0-1). Returns float32 (..., 3, crop, crop).
     """
 
     def __init__(self, resize: int, crop: int, mean, std):
@@ -102,8 +102,10 @@ class Preprocess:
             if array.ndim not in (3, 4) or array.shape[-1] != 3:
                 raise ValueError(f"expected an RGB image (H, W, 3) or batch (B, H, W, 3); got shape {array.shape}")
             images = torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3)
+        if images.ndim >= 3 and images.shape[-3] != 3 and images.shape[-1] == 3:
+            images = images.movedim(-1, -3)  # channels-last tensors, e.g. frames straight from a decoder
         if images.ndim < 3 or images.shape[-3] != 3:
-            raise ValueError(f"expected images shaped (..., 3, H, W); got {tuple(images.shape)}")
+            raise ValueError(f"expected images shaped (..., 3, H, W) or (..., H, W, 3); got {tuple(images.shape)}")
         return images
 
     def __call__(self, images: Any) -> torch.Tensor:

@@ -86,10 +86,15 @@ def default_config(name: str, **overrides: Any) -> ModelConfig:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown model config overrides {unknown}; expected a subset of {sorted(known)}")
-    values.update(overrides)
+    return ModelConfig(**apply_overrides(values, overrides))
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Config values with overrides; a new image_size also moves the preprocessing resize/crop unless given."""
+    values = {**values, **overrides}
     if "image_size" in overrides and not {"resize", "crop"} & set(overrides):
         values["resize"] = values["crop"] = values["image_size"]
-    return ModelConfig(**values)
+    return values
 
 
 def build_model(config: ModelConfig | str, **overrides: Any) -> VoltronModel:
@@ -97,7 +102,7 @@ def build_model(config: ModelConfig | str, **overrides: Any) -> VoltronModel:
     if isinstance(config, str):
         config = default_config(config, **overrides)
     elif overrides:
-        config = dataclasses.replace(config, **overrides)
+        config = ModelConfig(**apply_overrides(config.to_dict(), overrides))
     if config.family not in FAMILIES:
         raise KeyError(f"unknown model family {config.family!r}; registered families: {', '.join(FAMILIES)}")
     return FAMILIES[config.family].model_class(config)

@@ -1,0 +1,208 @@
+"""Policy learning on real sim demonstrations: windows, fitting, select_action, checkpoints, evaluation, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from voltron.datasets.demos import DemoFile, Episode
+from voltron.datasets.windows import NormStats, WindowDataset
+from voltron.policy.config import load_bc_config
+from voltron.policy.model import load_policy
+from voltron.policy.train import train_policy
+
+TASK = "drawer-open"
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    """Three real scripted-expert demos of drawer-open, rendered at 64 px."""
+    from voltron.sim.collect import collect
+
+    path = tmp_path_factory.mktemp("demos") / f"{TASK}.hdf5"
+    collect(TASK, 3, path, seed=0, image_size=64, valid_fraction=0.34, progress=False)
+    return path
+
+
+def bc_config(*extra: str, steps: int = 40, random_encoder: bool = True):
+    random = ["--policy.pretrained=false", "--policy.encoder_overrides={image_size: 64}"] if random_encoder else []
+    return load_bc_config(
+        None,
+        [
+            "--policy.encoder=v-cond-tiny",
+            *random,
+            "--policy.hidden_dims=[64,64]",
+            f"--train.steps={steps}",
+            "--train.batch_size=64",
+            "--train.log_every=10",
+            "--train.valid_every=20",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(demos, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("policy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = train_policy(bc_config(steps=120), demos, out, progress=False)
+    return out, summary
+
+
+def test_windows_clamp_at_episode_start_and_index_every_frame():
+    episodes = [
+        Episode({"cam": np.zeros((n, 8, 8, 3), np.uint8)}, np.arange(n * 2, dtype=np.float32).reshape(n, 2),
+                np.full((n, 3), i, np.float32), f"task {i}")
+        for i, n in enumerate((3, 4))
+    ]  # fmt: skip
+    windows = WindowDataset(episodes, history=3)
+    assert len(windows) == 7 and windows.camera == "cam"
+    assert windows.frame_ids[0].tolist() == [0, 0, 0] and windows.frame_ids[2].tolist() == [0, 1, 2]
+    assert windows.frame_ids[3].tolist() == [3, 3, 3] and windows.frame_ids[6].tolist() == [4, 5, 6]
+    item = windows[4]
+    assert item["proprio"].shape == (3, 2) and item["action"].tolist() == [1, 1, 1] and int(item["episode"]) == 1
+    with pytest.raises(KeyError, match="no camera 'wrist'"):
+        WindowDataset(episodes, camera="wrist")
+
+
+def test_norm_stats_round_trip():
+    values = np.array([[0.0, -2.0], [1.0, 2.0], [0.5, 0.0]])
+    stats = NormStats.from_dict(json.loads(json.dumps(NormStats.compute(values).to_dict())))
+    x = torch.tensor(values, dtype=torch.float32)
+    unit = stats.to_unit_range(x)
+    assert unit.min() == -1 and unit.max() == 1
+    assert torch.allclose(stats.from_unit_range(unit), x, atol=1e-6)
+
+
+def test_policy_fits_the_demos(trained):
+    out, summary = trained
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records]
+    assert len(losses) >= 5 and losses[-1] < 0.5 * losses[0], losses
+    assert summary["train_episodes"] == 2 and summary["valid_episodes"] == 1
+    assert any("valid_loss" in r for r in records) and summary["final_valid_loss"] is not None
+
+
+def test_select_action_is_batched_and_in_env_units(trained, demos):
+    out, _ = trained
+    policy = load_policy(out)
+    with DemoFile(demos, split="train") as demo_file:
+        episode = demo_file[0]
+    frames, proprio = (
+        episode.images["corner_image" if "corner_image" in episode.images else sorted(episode.images)[0]],
+        episode.proprio,
+    )
+    obs = {"image": frames[:3], "proprio": proprio[:3], "language": [episode.language] * 3}
+    actions = policy.select_action(obs)
+    assert actions.shape == (3, 4) and actions.dtype == np.float32
+    low, high = policy.action_stats.min, policy.action_stats.max
+    assert (actions >= low - 1e-5).all() and (actions <= high + 1e-5).all()
+    policy.reset()
+    single = policy.select_action({"image": frames[0], "proprio": proprio[0], "language": episode.language})
+    assert single.shape == (4,)
+    assert np.allclose(single, actions[0], atol=1e-5)
+    with pytest.raises(ValueError, match="proprio has 5 dims; this policy expects 4"):
+        policy.select_action({"image": frames[:1], "proprio": np.zeros((1, 5)), "language": ["x"]})
+
+
+def test_save_load_round_trip_stores_random_encoders_and_references_trained_ones(trained, demos, tmp_path):
+    out, _ = trained
+    first, second = load_policy(out), load_policy(out)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["policy"]["pretrained"] is False and config["image_size"] == 64
+    assert "encoder_config" in config and config["proprio_stats"] and config["action_stats"]
+    # a policy on a saved encoder directory references it instead of copying its weights
+    encoder_dir = tmp_path / "encoder"
+    first.encoder.save_pretrained(encoder_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = bc_config(f"--policy.encoder={encoder_dir}", steps=5, random_encoder=False)
+        train_policy(config, demos, tmp_path / "p2", progress=False)
+    referenced = load_policy(tmp_path / "p2")
+    assert torch.equal(referenced.encoder.patch2embed.proj.weight, first.encoder.patch2embed.proj.weight)
+    stored = (out / "model.safetensors").stat().st_size
+    assert (tmp_path / "p2" / "model.safetensors").stat().st_size < stored
+
+
+def test_load_policy_rejects_an_encoder_checkpoint(tmp_path):
+    from voltron.models.registry import build_model
+
+    build_model("r-mvp-tiny").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not a voltron policy checkpoint"):
+        load_policy(tmp_path)
+
+
+def test_eval_writes_every_output(trained, tmp_path):
+    from voltron.datasets.video import load_decord
+    from voltron.policy.evaluate import evaluate
+
+    out, _ = trained
+    result = evaluate(
+        out, TASK, episodes=2, seed=100, num_envs=1, horizon=12, out_dir=tmp_path, videos=2, progress=False
+    )
+    assert result.episodes == 2 and 0.0 <= result.success_rate <= 1.0 and result.ci_low <= result.ci_high
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "results.json",
+        "results.csv",
+        "success.png",
+        "episode_000.mp4",
+        "episode_001.mp4",
+    }
+    saved = json.loads((tmp_path / "results.json").read_text())[0]
+    assert saved["successes"] == result.successes and len(saved["per_episode"]) == 2
+    assert len((tmp_path / "results.csv").read_text().strip().splitlines()) == 3
+    video = load_decord().VideoReader(str(tmp_path / "episode_000.mp4"))
+    assert len(video) == result.per_episode[0]["length"] or len(video) == 12
+
+
+def test_vectorised_eval_matches_the_serial_one(trained, tmp_path):
+    from voltron.policy.evaluate import rollout
+
+    policy = load_policy(trained[0])
+    serial, _, _, _ = rollout(policy, TASK, 2, seed=5, num_envs=1, horizon=8, image_size=64, progress=False)
+    vector, _, _, _ = rollout(policy, TASK, 2, seed=5, num_envs=2, horizon=8, image_size=64, progress=False)
+    assert serial == vector
+
+
+def test_mismatched_policy_fails_before_any_rollout(trained):
+    from voltron.policy.evaluate import rollout
+
+    policy = load_policy(trained[0])
+    policy.proprio_dim = 7
+    with pytest.raises(ValueError, match="proprio 7-d.*gives proprio 4-d"):
+        rollout(policy, TASK, 1, num_envs=1, horizon=5, image_size=64, progress=False)
+
+
+def test_wilson_interval():
+    from voltron.policy.evaluate import wilson_interval
+
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and 0.25 < high < 0.35
+    low, high = wilson_interval(5, 10)
+    assert 0.2 < low < 0.3 and 0.7 < high < 0.8
+
+
+def test_train_policy_cli_takes_dotted_overrides(demos, tmp_path):
+    cmd = [
+        sys.executable, "-m", "voltron.cli", "train-policy", "--demos", str(demos), "--encoder", "r-mvp-tiny",
+        "--random-init", "--out", str(tmp_path / "run"), "--train.steps=3", "--policy.extractor=mean",
+        "--policy.encoder_overrides={image_size: 64}",
+        "--policy.hidden_dims=[32,32]", "--no-progress",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert config["policy"]["extractor"] == "mean" and config["train"]["steps"] == 3
+    missing = subprocess.run(
+        [*cmd[:5], str(tmp_path / "none.hdf5"), *cmd[6:]], capture_output=True, text=True, timeout=300
+    )
+    assert missing.returncode == 2 and "none.hdf5" in missing.stderr

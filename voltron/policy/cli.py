@@ -1,0 +1,100 @@
+"""`voltron train-policy`, `voltron eval` and `voltron eval-suite`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train-policy",
+        help="behaviour cloning on demonstrations with a (frozen) voltron encoder",
+        description="Dotted overrides set any policy/train config key, e.g. --train.steps=500 --policy.extractor=mean.",
+    )
+    train.add_argument("--demos", required=True, nargs="+", help="native HDF5 file(s), DROID folder(s), or a directory")
+    train.add_argument("--encoder", required=True, help="registered model id or encoder checkpoint directory")
+    train.add_argument("--out", required=True, help="run directory for the policy checkpoint and metrics")
+    train.add_argument("--config", help="YAML file (configs/policy/*.yaml) stating what differs from the defaults")
+    train.add_argument("--random-init", action="store_true", help="the encoder's architecture, randomly initialised")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=run_train, overrides=[])
+    _collect_overrides(train)
+
+    ev = subparsers.add_parser("eval", help="evaluate a policy on a MuJoCo task")
+    ev.add_argument("--policy", required=True, help="policy run directory (what train-policy wrote)")
+    ev.add_argument("--task", required=True, help="task name, e.g. drawer-open")
+    ev.add_argument("--episodes", type=int, default=50)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--num-envs", type=int, default=2, help="environments stepped in parallel worker processes")
+    ev.add_argument("--horizon", type=int, help="max steps per episode (default: the task's, 500)")
+    ev.add_argument("--videos", type=int, default=3, help="captioned MP4s of the first N episodes")
+    ev.add_argument("--out", help="output directory (default: POLICY/eval/TASK)")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=run_eval)
+
+    suite = subparsers.add_parser("eval-suite", help="collect demos, train and evaluate policies over a task suite")
+    suite.add_argument("--suite", default="metaworld5", help="task suite (metaworld5: the five CortexBench tasks)")
+    suite.add_argument("--encoder", action="append", required=True, help="encoder id or run dir (repeatable)")
+    suite.add_argument("--demos-per-task", type=int, default=25)
+    suite.add_argument("--seeds", type=int, default=3, help="policy training seeds per (encoder, task)")
+    suite.add_argument("--episodes", type=int, default=50, help="evaluation episodes per policy")
+    suite.add_argument("--out", default="runs/eval-suite")
+    suite.add_argument("--num-envs", type=int, default=2)
+    suite.add_argument("--horizon", type=int)
+    suite.add_argument("--steps", type=int, default=2000, help="policy training steps")
+    suite.add_argument("--no-progress", action="store_true")
+    suite.set_defaults(func=run_suite)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from voltron.policy.config import load_bc_config
+    from voltron.policy.train import train_policy
+
+    overrides = [f"--policy.encoder={args.encoder}", *args.overrides]
+    if args.random_init:
+        overrides.append("--policy.pretrained=false")
+    config = load_bc_config(args.config, overrides)
+    demos = args.demos[0] if len(args.demos) == 1 else args.demos
+    summary = train_policy(config, demos, args.out, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    print(f"policy saved to {args.out}; evaluate it with: voltron eval --policy {args.out} --task TASK")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from voltron.policy.evaluate import evaluate
+
+    result = evaluate(
+        args.policy, args.task, args.episodes, args.seed, args.num_envs, args.horizon, args.out, args.videos,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(result.summary())
+    return 0
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    from voltron.policy.suite import SuiteOptions, run_eval_suite
+
+    options = SuiteOptions(
+        suite=args.suite, encoders=args.encoder, demos_per_task=args.demos_per_task, seeds=args.seeds,
+        episodes=args.episodes, out=args.out, num_envs=args.num_envs, horizon=args.horizon, steps=args.steps,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    table = run_eval_suite(options)
+    print(table.markdown())
+    return 0
+
+
+def _collect_overrides(parser: argparse.ArgumentParser) -> None:
+    """train-policy passes unknown `--section.key=value` flags to draccus as config overrides."""
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, extras = original(args, namespace)
+        dotted = [a for a in extras if a.startswith("--") and "." in a.split("=")[0]]
+        namespace.overrides = dotted
+        return namespace, [a for a in extras if a not in dotted]
+
+    parser.parse_known_args = parse_known_args

@@ -1,0 +1,82 @@
+"""Policy and behaviour-cloning configs: typed dataclasses, loaded from YAML with dotted overrides (draccus)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import draccus
+
+EXTRACTOR_KINDS = ("map", "mean", "cls")
+
+
+@dataclass
+class PolicyConfig:
+    """The architecture (R3M / Voltron frozen-representation protocol) and what it consumes."""
+
+    encoder: str = "v-cond"  # a registered model id or a checkpoint directory (e.g. a `voltron pretrain` run)
+    pretrained: bool = True  # False: the same architecture, randomly initialised (seeded by `seed`)
+    encoder_overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # random init only: ModelConfig fields, e.g. image_size
+    freeze_encoder: bool = True
+    extractor: str = "map"  # map (default), mean, or cls pooling for baselines
+    n_latents: int = 1
+    hidden_dims: tuple[int, ...] = (256, 256)
+    history: int = 1  # observation frames per decision
+    use_language: bool = True  # feed the episode's instruction to multimodal encoders
+    camera: str | None = None  # default: the demos' first camera
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    encoder_lr: float = 1e-5  # only when the encoder is fine-tuned
+    weight_decay: float = 1e-4
+    train_split: str = "train"
+    valid_split: str = "valid"
+    log_every: int = 50
+    valid_every: int = 500
+    encode_batch_size: int = 32  # frames per encoder call while filling the feature cache
+    cache_dtype: str = "float16"  # frozen-encoder token cache; float32 doubles its memory
+    device: str = "auto"  # auto: cuda when available
+
+
+@dataclass
+class BCConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def validate(config: BCConfig) -> BCConfig:
+    if config.policy.extractor not in EXTRACTOR_KINDS:
+        raise ValueError(f"policy.extractor={config.policy.extractor!r}; expected one of {EXTRACTOR_KINDS}")
+    if config.policy.encoder_overrides and config.policy.pretrained:
+        raise ValueError(
+            "policy.encoder_overrides only applies to a randomly initialised encoder (policy.pretrained=false)"
+        )
+    if config.policy.history < 1 or config.policy.n_latents < 1:
+        raise ValueError("policy.history and policy.n_latents must be >= 1")
+    if config.train.cache_dtype not in ("float16", "bfloat16", "float32"):
+        raise ValueError(f"train.cache_dtype={config.train.cache_dtype!r}; expected float16, bfloat16 or float32")
+    return config
+
+
+def load_bc_config(path: str | None = None, overrides: list[str] | None = None) -> BCConfig:
+    """Defaults, then the YAML file at `path` (stating only what differs), then dotted overrides (`--train.steps=500`)."""
+    return validate(draccus.parse(BCConfig, config_path=path, args=list(overrides or [])))
+
+
+def config_to_dict(config: BCConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> BCConfig:
+    policy = dict(data.get("policy", {}))
+    if "hidden_dims" in policy:
+        policy["hidden_dims"] = tuple(policy["hidden_dims"])
+    return validate(BCConfig(PolicyConfig(**policy), TrainConfig(**data.get("train", {}))))

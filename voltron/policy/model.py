@@ -1,0 +1,270 @@
+"""The behaviour-cloning policy: a (frozen) voltron encoder, a pooling extractor, and an MLP head with Tanh actions.
+
+Contract (LeRobot-like): `forward(batch) -> (loss, info)`, `select_action(obs) -> actions` (batched, env units),
+`save_pretrained(dir)` / `load_policy(dir)`, where the checkpoint carries the encoder reference, extractor and head
+weights, normalisation statistics and the config.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from voltron.datasets.windows import NormStats
+from voltron.models.base import VoltronModel
+from voltron.models.checkpoints import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_state,
+    read_config,
+    read_json,
+    read_weights,
+)
+from voltron.models.extractors import instantiate_extractor
+from voltron.models.registry import build_model, default_config
+from voltron.policy.config import BCConfig, PolicyConfig, config_from_dict, config_to_dict
+
+POLICY_FORMAT = "voltron-bc-policy/1"
+
+
+def build_encoder(config: PolicyConfig) -> VoltronModel:
+    """The encoder a policy config names: released/trained weights, or (pretrained=False) a seeded random init."""
+    import voltron
+
+    if config.pretrained:
+        encoder, _ = voltron.load(config.encoder, freeze=config.freeze_encoder)
+        return encoder
+    source = Path(config.encoder).expanduser()
+    model_config = read_config(source) if source.is_dir() else default_config(config.encoder)
+    torch.manual_seed(config.seed)
+    encoder = build_model(model_config, **config.encoder_overrides)
+    if config.freeze_encoder:
+        encoder.eval().requires_grad_(False)
+    return encoder
+
+
+class BCPolicy(nn.Module):
+    def __init__(
+        self,
+        config: BCConfig,
+        encoder: VoltronModel,
+        proprio_dim: int,
+        action_dim: int,
+        proprio_stats: NormStats,
+        action_stats: NormStats,
+        image_size: int | None = None,
+    ):
+        super().__init__()
+        self.config, self.encoder = config, encoder
+        self.image_size = image_size  # the demos' frame size, which evaluation renders at
+        self.proprio_dim, self.action_dim = proprio_dim, action_dim
+        self.proprio_stats, self.action_stats = proprio_stats, action_stats
+        policy = config.policy
+        self.uses_language = bool(policy.use_language and encoder.uses_language)
+        self.extractor = instantiate_extractor(encoder, n_latents=policy.n_latents, kind=policy.extractor)
+        feature_dim = encoder.embed_dim * policy.n_latents
+        width = policy.history * (feature_dim + proprio_dim)
+        layers: list[nn.Module] = [nn.BatchNorm1d(width)]  # R3M's protocol normalises the head's input
+        for hidden in policy.hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.head = nn.Sequential(*layers, nn.Linear(width, action_dim), nn.Tanh())
+        self.preprocess = encoder.preprocess
+        self._history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features, proprio) of recent steps
+
+    def train(self, mode: bool = True) -> BCPolicy:
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()  # a frozen encoder never switches to training behaviour
+        return self
+
+    # --- encoding ---------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.config.policy.freeze_encoder
+
+    def encode_tokens(self, frames: torch.Tensor, lang: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 frames (B, H, W, 3) -> encoder tokens (B, N, D) and the tokens' key mask (B, N)."""
+        images = self.preprocess(frames).to(self.device)
+        if self.encoder.n_frames > 1:  # dual-frame encoders see the current frame as both 0 and K
+            images = images.unsqueeze(1).expand(-1, self.encoder.n_frames, -1, -1, -1)
+        lang = lang if self.uses_language else None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
+            tokens = self.encoder(images, lang, mode="multimodal" if self.uses_language else "visual")
+        mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        if lang is not None and tokens.shape[1] > self.encoder.config.max_lang_len:
+            _, lang_mask = self.encoder.lm.tokenize(list(lang))
+            mask[:, -lang_mask.shape[1] :] = lang_mask.to(mask.device)
+        return tokens, mask
+
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, n_latents * D)"""
+        return self.extractor(tokens.float(), mask).flatten(1)
+
+    def features(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(B, H * feature): pooled features of every frame in the window, oldest first."""
+        if "tokens" in batch:  # the frozen-encoder cache: (B, H, N, D) plus masks (B, H, N)
+            tokens, mask = batch["tokens"], batch["token_mask"]
+        else:
+            frames = batch["frames"]  # (B, H, h, w, 3) uint8
+            batch_size, history = frames.shape[:2]
+            lang = None if batch.get("language") is None else [c for c in batch["language"] for _ in range(history)]
+            tokens, mask = self.encode_tokens(frames.flatten(0, 1), lang)
+            tokens, mask = tokens.unflatten(0, (batch_size, history)), mask.unflatten(0, (batch_size, history))
+        pooled = self.pool(tokens.flatten(0, 1).to(self.device), mask.flatten(0, 1).to(self.device))
+        return pooled.unflatten(0, tokens.shape[:2]).flatten(1)
+
+    def head_input(self, features: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
+        proprio = self.proprio_stats.standardize(proprio.to(self.device).float())  # (B, H, P)
+        history = self.config.policy.history
+        per_step = torch.cat([features.unflatten(1, (history, -1)), proprio], dim=-1)  # (B, H, F + P)
+        return per_step.flatten(1)
+
+    # --- the contract -------------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """MSE between predicted and demonstrated actions, both scaled to [-1, 1] by the training demos' range."""
+        predicted = self.head(self.head_input(self.features(batch), batch["proprio"]))
+        target = self.action_stats.to_unit_range(batch["action"].to(self.device).float())
+        loss = F.mse_loss(predicted, target)
+        return loss, {"mse": loss.detach(), "l1_env_units": self._env_l1(predicted, batch["action"])}
+
+    def _env_l1(self, predicted: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return (self.action_stats.from_unit_range(predicted.detach()) - action.to(self.device)).abs().mean()
+
+    def reset(self) -> None:
+        """Forget the observation history (call at every episode start)."""
+        self._history = []
+
+    @torch.inference_mode()
+    def select_action(self, obs: dict[str, Any]) -> np.ndarray:
+        """Actions (N, A) float32 in env units for a batch of observations, or (A,) for a single one.
+
+        `obs`: "image" (N, H, W, 3) uint8 (or "images": {camera: ...}), "proprio" (N, P), "language" (list of N
+        str, or one str); a single unbatched observation works too.
+        """
+        image = obs["images"][self.camera] if "images" in obs else obs["image"]
+        image = torch.as_tensor(np.asarray(image))
+        single = image.ndim == 3
+        if single:
+            image = image.unsqueeze(0)
+        proprio = torch.as_tensor(np.asarray(obs["proprio"], dtype=np.float32)).reshape(image.shape[0], -1)
+        if proprio.shape[1] != self.proprio_dim:
+            raise ValueError(f"observation proprio has {proprio.shape[1]} dims; this policy expects {self.proprio_dim}")
+        lang = obs.get("language")
+        lang = [lang] * image.shape[0] if isinstance(lang, str) else (list(lang) if lang is not None else None)
+        if self.uses_language and lang is None:
+            raise ValueError("this policy's encoder is multimodal: obs['language'] must hold the instruction")
+        was_training = self.training
+        self.eval()
+        feature = self.pool(*self.encode_tokens(image, lang))  # (N, F)
+        step = (feature, proprio.to(self.device))
+        if not self._history or self._history[-1][0].shape[0] != feature.shape[0]:
+            self._history = [step] * self.config.policy.history  # an episode's first step fills the window
+        else:
+            self._history = [*self._history[1:], step]
+        features = torch.stack([f for f, _ in self._history], dim=1).flatten(1)  # (N, H * F)
+        proprio_window = torch.stack([p for _, p in self._history], dim=1)  # (N, H, P)
+        action = self.action_stats.from_unit_range(self.head(self.head_input(features, proprio_window)))
+        self.train(was_training)
+        action = action.float().cpu().numpy()
+        return action[0] if single else action
+
+    @property
+    def camera(self) -> str | None:
+        return self.config.policy.camera
+
+    def warmup(self, image_size: int = 224) -> None:
+        """One throwaway action so the first real step is not slowed by lazy initialisation."""
+        obs = {
+            "image": np.zeros((1, image_size, image_size, 3), dtype=np.uint8),
+            "proprio": np.zeros((1, self.proprio_dim), dtype=np.float32),
+            "language": ["warm up"],
+        }
+        self.select_action(obs)
+        self.reset()
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    @property
+    def stores_encoder(self) -> bool:
+        """The encoder's weights go into the policy checkpoint unless they are frozen, loaded ones."""
+        policy = self.config.policy
+        return not (policy.pretrained and policy.freeze_encoder)
+
+    def save_pretrained(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        if self.stores_encoder:
+            encoder_state = self.encoder.trainable_state_dict()
+            state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+            state.update({f"encoder.{k}": v.detach().cpu().contiguous().clone() for k, v in encoder_state.items()})
+        else:
+            state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+        atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": POLICY_FORMAT}))
+        meta = {
+            "format": POLICY_FORMAT,
+            "config": config_to_dict(self.config),
+            "encoder_config": self.encoder.config.to_dict(),
+            "proprio_dim": self.proprio_dim,
+            "action_dim": self.action_dim,
+            "proprio_stats": self.proprio_stats.to_dict(),
+            "action_stats": self.action_stats.to_dict(),
+            "image_size": self.image_size,
+            **(extra or {}),
+        }
+        atomic_write_json(directory / CONFIG_NAME, meta)
+        return directory
+
+
+def load_policy(directory: str | Path, device: str = "cpu") -> BCPolicy:
+    """Restore a policy that `BCPolicy.save_pretrained` (or `voltron train-policy`) wrote."""
+    directory = Path(directory).expanduser()
+    meta = read_json(directory / CONFIG_NAME, "policy config")
+    if not isinstance(meta, dict) or meta.get("format") != POLICY_FORMAT:
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: not a voltron policy checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r}; "
+            f"expected {POLICY_FORMAT!r}); encoders load with voltron.load instead"
+        )
+    config = config_from_dict(meta["config"])
+    state = read_weights(directory / WEIGHTS_NAME)
+    if any(k.startswith("encoder.") for k in state):  # stored encoder: rebuild its architecture, then load below
+        from voltron.models.base import ModelConfig
+
+        encoder = build_model(ModelConfig.from_dict(meta["encoder_config"], source=str(directory / CONFIG_NAME)))
+        if config.policy.freeze_encoder:
+            encoder.eval().requires_grad_(False)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            encoder = build_encoder(config.policy)
+    policy = BCPolicy(
+        config,
+        encoder,
+        meta["proprio_dim"],
+        meta["action_dim"],
+        NormStats.from_dict(meta["proprio_stats"]),
+        NormStats.from_dict(meta["action_stats"]),
+        meta.get("image_size"),
+    )
+    policy_state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    missing = sorted(k for k in policy.state_dict() if not k.startswith("encoder.") and k not in policy_state)
+    if missing:
+        raise ValueError(f"{directory / WEIGHTS_NAME}: policy weights are missing {missing[:6]}")
+    policy.load_state_dict(policy_state, strict=False)
+    encoder_state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    if encoder_state:
+        load_state(policy.encoder, encoder_state, str(directory / WEIGHTS_NAME))
+    return policy.to(device).eval()
