@@ -1,0 +1,325 @@
+"""Pretraining: schedule, optimizer, sampler and config units; every objective learning; and end-to-end runs on a
+generated Sth-Sth-layout corpus: exact resume after SIGKILL, 2-process torchrun equivalence, corrupt-checkpoint
+recovery, NaN stops, time budgets and the final `save_pretrained` export."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _corpus import make_sthsth_corpus  # noqa: E402
+
+import voltron  # noqa: E402
+from voltron.datasets.loader import open_store  # noqa: E402
+from voltron.models.registry import build_model, default_config  # noqa: E402
+from voltron.pretrain import checkpointing as ckpt  # noqa: E402
+from voltron.pretrain.config import PretrainConfig, PretrainError, load_config, replace, validate  # noqa: E402
+from voltron.pretrain.data import collate  # noqa: E402
+from voltron.pretrain.optim import build_optimizer, decays, peak_lr  # noqa: E402
+from voltron.pretrain.sampler import StepBatchSampler  # noqa: E402
+from voltron.pretrain.schedule import LRSchedule  # noqa: E402
+from voltron.pretrain.tracking import read_metrics  # noqa: E402
+from voltron.pretrain.trainer import (  # noqa: E402
+    STEP_DELAY_ENV,
+    NonFiniteLossError,
+    Objective,
+    Plan,
+    pretrain,
+    train_step,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "pretrain"
+PAPER_CONFIGS = ("v-cond", "v-cond-base", "v-dual", "v-gen", "r-mvp", "r-r3m-vit", "r-r3m-rn50")
+N_CLIPS = 6  # x 5 examples per clip = 30 examples; global batch 4 -> 7 steps per epoch, so runs cross epochs
+
+
+# === Fixtures: a real store from a generated corpus, and one uninterrupted 10-step reference run ===
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    from voltron.datasets.preprocess import PreprocessConfig, preprocess
+
+    root = tmp_path_factory.mktemp("pretrain-corpus")
+    make_sthsth_corpus(root / "raw", {f"clip{i:02d}": 10 + i % 7 for i in range(N_CLIPS)}, {"val0": 10}, {})
+    config = PreprocessConfig(
+        corpus="sth-sth-v2", root=root / "raw", out=root / "store", size=64, workers=1, n_val=1, progress=False
+    )
+    preprocess(config)
+    return root / "store"
+
+
+def write_config(path: Path, store: Path, run_dir: Path, **sections) -> Path:
+    """A tiny V-Cond run: 1 process x 2 examples x 2 accumulation = global batch 4, checkpoints every 5 steps;
+    10 steps cross from epoch 0 (steps 1-7) into epoch 1."""
+    data = {
+        "run_dir": str(run_dir),
+        "model": {"name": "v-cond-tiny", "image_size": 64, "lang_cache_size": 512},
+        "data": {"root": str(store), "num_workers": 0},
+        "train": {"global_batch": 4, "device_batch": 2, "epochs": 3, "max_steps": 10, "seed": 3},
+        "optim": {"lr": 1e-3, "warmup_epochs": 0.1},
+        "log": {"every_steps": 1, "progress": False},
+        "checkpoint": {"every_steps": 5, "keep_last": 2},
+    }
+    for name, values in sections.items():
+        data[name].update(values)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    records = read_metrics(run_dir)
+    steps = [r["step"] for r in records]
+    assert len(steps) == len(set(steps)), f"{run_dir}: a step was logged twice: {steps}"
+    return {r["step"]: r["loss"] for r in records}
+
+
+@pytest.fixture(scope="module")
+def reference(store, tmp_path_factory) -> tuple[Path, Path]:
+    """(config file, run dir) of an uninterrupted 10-step run."""
+    tmp = tmp_path_factory.mktemp("reference")
+    config_path = write_config(tmp / "config.yaml", store, tmp / "run")
+    result = pretrain(load_config(config_path))
+    assert result.step == 10 and result.stopped_by == "max_steps"
+    return config_path, tmp / "run"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+# === Units ===
+def test_schedule_is_warmup_then_cosine_to_zero():
+    schedule = LRSchedule("warmup-cosine", peak_lr=6e-4, warmup_steps=20, total_steps=400)
+    values = [schedule(step) for step in range(401)]
+    assert values[0] == pytest.approx(6e-4 / 20) and values[19] == pytest.approx(6e-4)
+    assert all(a < b for a, b in zip(values[:20], values[1:20]))  # linear warm-up
+    assert all(a >= b for a, b in zip(values[19:], values[20:]))  # then never rises
+    assert values[210] == pytest.approx(3e-4, rel=1e-2)  # halfway down the cosine
+    assert values[399] < 1e-7 and values[400] == 0.0
+    assert schedule(123) == LRSchedule("warmup-cosine", 6e-4, 20, 400)(123)  # a pure function of the step
+    constant = LRSchedule("warmup-constant", peak_lr=1e-4, warmup_steps=0, total_steps=10)
+    assert {constant(s) for s in range(50)} == {1e-4}
+    with pytest.raises(ValueError, match="unknown LR schedule"):
+        LRSchedule("linear", 1.0, 1, 2)
+
+
+def test_optimizer_decays_matrices_only_and_skips_the_frozen_language_model():
+    assert peak_lr(1.5e-4, 1024) == pytest.approx(6e-4)
+    model = build_model("v-dual-tiny", image_size=32)
+    optimizer = build_optimizer(model.named_parameters(), lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: {names[id(p)] for p in g["params"]} for g in optimizer.param_groups}
+    assert optimizer.defaults["betas"] == (0.9, 0.95)
+    assert {g["name"]: g["weight_decay"] for g in optimizer.param_groups} == {"decay": 0.05, "no_decay": 0.0}
+    no_decay = groups["no_decay"]
+    for name in ("mask_token", "img_token", "lang_token", "ctx_enc_pe", "ctx_dec_pe", "encoder_norm.g"):
+        assert name in no_decay, name
+    assert any(n.endswith(".bias") for n in no_decay) and any("layer_scale" in n for n in no_decay)
+    assert "encoder_blocks.0.attn.qkv.weight" in groups["decay"] and "patch2embed.proj.weight" in groups["decay"]
+    assert all(not n.startswith("lm.") for group in groups.values() for n in group)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert groups["decay"] | no_decay == trainable
+    assert not decays("cls_token", torch.zeros(1, 1, 8)) and decays("head.weight", torch.zeros(4, 4))
+
+
+@pytest.mark.parametrize("world_size, device_batch", [(1, 8), (1, 2), (2, 4), (2, 1), (4, 2)])
+def test_sampler_gives_each_step_the_same_global_batch_for_any_world_size(world_size, device_batch):
+    def step_sets(world: int, batch: int, start: int = 0) -> list[set[int]]:
+        samplers = [
+            StepBatchSampler(50, 8, batch, rank, world, seed=5, epoch=2, start_step=start) for rank in range(world)
+        ]
+        per_rank = [list(s) for s in samplers]
+        accumulation = samplers[0].accumulation
+        return [
+            {i for rank in per_rank for micro in rank[s * accumulation : (s + 1) * accumulation] for i in micro}
+            for s in range(len(per_rank[0]) // accumulation)
+        ]
+
+    expected = step_sets(1, 8)
+    assert len(expected) == 6 and all(len(s) == 8 for s in expected)  # 50 // 8 steps, the tail dropped
+    assert step_sets(world_size, device_batch) == expected
+    assert step_sets(world_size, device_batch, start=4) == expected[4:]  # mid-epoch resume skips ahead
+    assert step_sets(1, 8) != [set(s) for s in [range(8 * i, 8 * i + 8) for i in range(6)]]  # shuffled
+    with pytest.raises(ValueError, match="not a multiple"):
+        StepBatchSampler(50, 8, 3, 0, 1)
+
+
+def test_configs_parse_with_paper_hyperparameters_and_dotted_overrides():
+    for name in PAPER_CONFIGS:
+        config = load_config(CONFIGS / f"{name}.yaml")
+        assert config.model.name == name
+        default_config(config.model.name, **config.model.config_overrides())  # fields exist in ModelConfig
+        assert config.train.global_batch == 1024 and config.train.epochs == 400
+        assert 1024 % config.train.device_batch == 0
+        plan = Plan.make(config, n_examples=844_565, world_size=8)  # Sth-Sth-v2 train clips x 5
+        assert plan.steps_per_epoch == 824 and plan.total_steps == 400 * 824
+        if name.startswith("r-r3m"):
+            assert config.optim.lr == 1e-4 and config.optim.weight_decay == 0.0
+        else:
+            assert plan.peak_lr == pytest.approx(6e-4) and plan.warmup_steps == 20 * 824
+            assert config.optim.betas == (0.9, 0.95) and config.optim.weight_decay == 0.05
+    demo = load_config(CONFIGS / "demo.yaml")
+    build_model(default_config(demo.model.name, **demo.model.config_overrides()))
+    config = load_config(
+        CONFIGS / "v-cond.yaml", ["--optim.lr=3e-4", "--train.max_minutes", "5", "--model.image_size=64"]
+    )
+    assert (config.optim.lr, config.train.max_minutes, config.model.config_overrides()["image_size"]) == (3e-4, 5, 64)
+    assert isinstance(load_config(None, ["--run_dir=x"]), PretrainConfig)
+    with pytest.raises(SystemExit):
+        load_config(CONFIGS / "v-cond.yaml", ["--optim.learning_rate=1"])
+    with pytest.raises(PretrainError, match="train.strategy='zero3'; expected one of ddp, fsdp"):
+        validate(replace(config, train={"strategy": "zero3"}))
+    with pytest.raises(PretrainError, match="model.name='v-cond-huge'"):
+        validate(replace(config, model={"name": "v-cond-huge"}))
+
+
+def test_cli_lists_config_keys(capsys):
+    from voltron.cli import main
+
+    assert main(["pretrain", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--optim.lr" in out and "--train.max_minutes" in out and "--checkpoint.keep_last" in out
+    assert main(["pretrain", "--config", "no/such/file.yaml"]) == 2
+
+
+OBJECTIVES = ("v-cond", "v-dual", "v-gen", "r-mvp", "r-r3m-vit")
+
+
+@pytest.mark.parametrize("family", OBJECTIVES)
+def test_each_objective_learns_a_repeated_batch(family, store):
+    torch.manual_seed(0)
+    model = build_model(f"{family}-tiny", image_size=32)
+    dataset = open_store(store, "train", model.data_modality, seed=0, size=32)
+    batch = collate([dataset[i * 7 % len(dataset)] for i in range(4)])  # four different clips
+    objective = Objective(model)
+    optimizer = build_optimizer(objective.named_parameters(), lr=1e-3)
+    values = [train_step(objective, optimizer, [batch], 1e-3).loss for _ in range(8)]
+    assert all(math.isfinite(v) for v in values)
+    assert values[-1] < values[0] and min(values[-3:]) < 0.95 * values[0], values
+
+
+def test_nonfinite_loss_raises_before_the_update(store):
+    model = build_model("v-cond-tiny", image_size=32)
+    batch = collate([open_store(store, "train", model.data_modality, size=32)[i] for i in range(2)])
+    objective = Objective(model)
+    optimizer = build_optimizer(objective.named_parameters(), lr=1e-3)
+    with torch.no_grad():
+        model.decoder_prediction.weight[0, 0] = float("nan")
+    before = model.encoder2decoder.weight.detach().clone()
+    with pytest.raises(NonFiniteLossError, match="the loss is nan"):
+        train_step(objective, optimizer, [batch], 1e-3)
+    assert torch.equal(model.encoder2decoder.weight, before) and not optimizer.state
+
+
+# === End to end ===
+def test_resume_after_sigkill_continues_exactly(reference, store, tmp_path):
+    config_path, reference_run = reference
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "config.yaml", store, run_dir)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "voltron.pretrain", "--config", str(config)],
+        cwd=tmp_path,
+        env=subprocess_env(**{STEP_DELAY_ENV: "0.4"}),  # gives the watcher a window after step 5's checkpoint
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    checkpoint_5 = run_dir / "checkpoints" / ckpt.step_dir_name(5)
+    deadline = time.monotonic() + 180
+    while not checkpoint_5.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate()[0].decode()
+    assert process.returncode == -signal.SIGKILL, output
+    assert checkpoint_5.is_dir() and not (run_dir / "checkpoints" / ckpt.step_dir_name(10)).exists(), output
+
+    result = pretrain(load_config(config))
+    assert result.step == 10
+    expected, resumed = losses(reference_run), losses(run_dir)
+    assert sorted(resumed) == list(range(1, 11))
+    assert [resumed[s] for s in range(6, 11)] == [expected[s] for s in range(6, 11)]  # identical, not close
+    assert len(set(expected.values())) == 10  # the losses move, so equality means something
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(strategy, reference, store, tmp_path):
+    _, reference_run = reference
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "config.yaml", store, run_dir, train={"max_steps": 5, "strategy": strategy})
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "voltron.pretrain", "--config", str(config)]  # 2 processes x 2 examples, no accumulation
+    completed = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "2 process(es) x 2 x 1 accumulation" in completed.stdout
+    one, two = losses(reference_run), losses(run_dir)
+    assert sorted(two) == [1, 2, 3, 4, 5]
+    for step in range(1, 6):
+        assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+    model, _ = voltron.load(run_dir)
+    assert model.family == "v-cond" and model.config.image_size == 64
+
+
+def test_corrupt_latest_checkpoint_is_skipped_for_the_previous_one(reference, tmp_path):
+    config_path, reference_run = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    latest = run_dir / "checkpoints" / ckpt.step_dir_name(10)
+    weights = latest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # same size, damaged content: only the manifest's SHA-256 notices
+    weights.write_bytes(bytes(data))
+    config = load_config(config_path, [f"--run_dir={run_dir}"])
+    with pytest.warns(UserWarning, match="corrupt checkpoint"):
+        result = pretrain(config)
+    assert result.step == 10 and (run_dir / "checkpoints" / f"corrupt-{latest.name}").is_dir()
+    expected, rerun = losses(reference_run), losses(run_dir)
+    assert [rerun[s] for s in range(6, 11)] == [expected[s] for s in range(6, 11)]
+    ckpt.CheckpointManager(run_dir, keep_last=1).prune()
+    assert [step for step, _ in ckpt.CheckpointManager(run_dir).steps()] == [10]
+    manager = ckpt.CheckpointManager(run_dir)
+    (latest / ckpt.OPTIMIZER_NAME).write_bytes((latest / ckpt.OPTIMIZER_NAME).read_bytes()[:50])  # truncated
+    with pytest.raises(ckpt.CorruptCheckpointError, match="truncated"):
+        manager.read(latest)
+
+
+def test_export_and_checkpoints_load_as_models(reference):
+    config_path, run_dir = reference
+    exported, _ = voltron.load(run_dir)
+    from_checkpoint, _ = voltron.load(run_dir / "checkpoints" / ckpt.step_dir_name(10))
+    for key, value in exported.trainable_state_dict().items():
+        assert torch.equal(value, from_checkpoint.trainable_state_dict()[key]), key
+    initial = build_model(exported.config)  # a fresh init differs: the export holds trained weights
+    assert not torch.equal(initial.encoder2decoder.weight, exported.encoder2decoder.weight)
+    saved = load_config(run_dir / "pretrain.yaml")
+    assert saved.optim.lr == 1e-3 and saved.train.global_batch == 4
+    assert sorted(p.name for _, p in ckpt.CheckpointManager(run_dir).steps()) == ["step-00000005", "step-00000010"]
+
+
+def test_time_budget_and_nan_stop_with_a_checkpoint(store, tmp_path, capsys):
+    from voltron.cli import main
+
+    budget = {"train": {"max_minutes": 1e-6}, "log": {"peak_tflops": 0.05}}  # a peak turns on MFU on CPU too
+    result = pretrain(load_config(write_config(tmp_path / "a.yaml", store, tmp_path / "budget", **budget)))
+    assert (result.step, result.stopped_by) == (1, "time_budget")
+    assert (result.checkpoint.name, voltron.load(tmp_path / "budget")[0].family) == ("step-00000001", "v-cond")
+    (record,) = read_metrics(tmp_path / "budget")
+    assert 0 < record["mfu"] < 1 and record["samples_per_s"] > 0 and record["grad_norm"] > 0
+
+    config = write_config(tmp_path / "b.yaml", store, tmp_path / "nan", checkpoint={"every_steps": 1})
+    assert main(["pretrain", "--config", str(config), "--optim.lr=1e12"]) == 1  # a dotted override diverges it
+    assert re.search(r"the loss is (nan|inf).*last good checkpoint is .*step-0000000\d", capsys.readouterr().err)
+    assert ckpt.CheckpointManager(tmp_path / "nan").steps()
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "nan"))
