@@ -106,7 +106,8 @@ def rollout(
 ) -> tuple[list[dict[str, Any]], list[list[np.ndarray]], float, int]:
     """Run `episodes` episodes (seeds seed, seed+1, ...) with the policy batched across `num_envs` envs.
 
-    Returns per-episode records, the frames of the first `record` episodes, wall seconds and env steps taken.
+    Returns per-episode records, the frames of the first `record` episodes, the rollout's wall seconds (after the
+    environments started) and the env steps taken.
     """
     from voltron.sim.env import SimEnv
     from voltron.sim.tasks import get_task
@@ -119,7 +120,7 @@ def rollout(
     env_kwargs = dict(horizon=horizon, image_size=image_size, camera=policy.camera, terminate_on_success=True)
     records: list[dict[str, Any]] = []
     videos: list[list[np.ndarray]] = [[] for _ in range(min(record, episodes))]
-    steps_taken, start = 0, time.perf_counter()
+    steps_taken = 0
     bar = tqdm(total=episodes, desc=f"eval {task}", unit="episode", disable=not progress)
     if num_envs == 1:  # in-process: no worker to start (the serial baseline of bench/eval.py)
         env = SimEnv(task, **env_kwargs)
@@ -127,6 +128,7 @@ def rollout(
     else:
         vec = VectorSimEnv.from_task(task, num_envs, **env_kwargs)
         step_fn, reset_fn, closer = vec.step, vec.reset, vec.close
+    start = time.perf_counter()  # rollouts only: worker start-up is not what steps/s measures
     try:
         for first in range(0, episodes, num_envs):
             ids = list(range(first, min(first + num_envs, episodes)))

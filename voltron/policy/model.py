@@ -69,6 +69,9 @@ class BCPolicy(nn.Module):
         self.proprio_stats, self.action_stats = proprio_stats, action_stats
         policy = config.policy
         self.uses_language = bool(policy.use_language and encoder.uses_language)
+        if self.uses_language and encoder.lm.cache_size == 0:
+            # a policy sees the same few instructions at every step: run the frozen language model once for each
+            encoder.lm.cache_size = 256
         self.extractor = instantiate_extractor(encoder, n_latents=policy.n_latents, kind=policy.extractor)
         feature_dim = encoder.embed_dim * policy.n_latents
         width = policy.history * (feature_dim + proprio_dim)
