@@ -114,8 +114,10 @@ def test_select_action_is_batched_and_in_env_units(trained, demos):
 
 
 def test_save_load_round_trip_stores_random_encoders_and_references_trained_ones(trained, demos, tmp_path):
+    import voltron.policy
+
     out, _ = trained
-    first, second = load_policy(out), load_policy(out)
+    first, second = load_policy(out), voltron.policy.load_policy(out)  # the public entry `voltron ros serve` uses
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["policy"]["pretrained"] is False and config["image_size"] == 64
