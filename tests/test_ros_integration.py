@@ -375,15 +375,16 @@ def test_sigterm_sends_hold_and_exits_cleanly(peer, tmp_path):
 
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_cli_ros_serve_drives_the_stub(peer, tmp_path, monkeypatch, dry_run):
-    """`voltron ros serve` end to end: the CLI loads the policy through voltron.policy.load_policy (patched here to
-    return the placeholder until issue 6 provides it), reads the robot YAML with --set overrides, and serves."""
+    """`voltron ros serve` end to end: the CLI loads the policy through voltron.policy.load_policy (patched here with
+    a fast scripted policy, so the test is about the CLI, --set overrides and dry run; the next test serves a real
+    BC policy checkpoint), reads the robot YAML with --set overrides, and serves."""
     import voltron.policy
     from voltron.cli import main
     from voltron.ros.config import save_robot_config
 
     loaded = {}
 
-    def load_policy(run_dir):  # placeholder for voltron.policy.load_policy (issue 6)
+    def load_policy(run_dir):  # a scripted stand-in: its ramp makes the limit checks below exact
         loaded["run_dir"] = run_dir
         return RampPolicy()
 
@@ -403,3 +404,37 @@ def test_cli_ros_serve_drives_the_stub(peer, tmp_path, monkeypatch, dry_run):
     else:
         assert len(commands) >= 15 and all(r["sent"] for r in records)
         assert np.all(np.abs(np.array([c["data"] for c in commands])) <= 0.5 + 1e-12)
+
+
+def test_cli_serves_a_real_voltron_policy_checkpoint(peer, tmp_path):
+    """`voltron ros serve` loads a real BC policy checkpoint (a tiny V-Cond encoder, MAP and MLP head; untrained,
+    since only the plumbing is under test) and drives the stub: language, camera and proprio reach the policy."""
+    from voltron.cli import main
+    from voltron.datasets.windows import NormStats
+    from voltron.models.registry import build_model
+    from voltron.policy.config import BCConfig, PolicyConfig
+    from voltron.policy.model import BCPolicy
+    from voltron.ros.config import save_robot_config
+
+    cfg = robot_config(peer, tmp_path)
+    camera, joints = next(iter(cfg.cameras)), len(cfg.action.joints)
+    config = BCConfig(
+        policy=PolicyConfig(
+            encoder="v-cond-tiny", pretrained=False, encoder_overrides={"image_size": 64}, camera=camera,
+            hidden_dims=(32, 32),
+        )
+    )  # fmt: skip
+    encoder = build_model("v-cond-tiny", image_size=64).eval().requires_grad_(False)
+    stats = NormStats(np.zeros(joints), np.ones(joints), np.array(LOW), np.array(HIGH))
+    BCPolicy(config, encoder, joints, joints, stats, stats, image_size=64).save_pretrained(tmp_path / "policy")
+    robot = save_robot_config(cfg, tmp_path / "robot.yaml")
+    log_path = tmp_path / "serve.jsonl"
+    argv = ["ros", "serve", "--policy", str(tmp_path / "policy"), "--robot", str(robot), "--rate", str(RATE_HZ)]
+    argv += ["--max-steps", "15", "--log", str(log_path), "--set", "instruction.default=stack the cups"]
+    assert main(argv) == 0
+    records, stop = read_log(log_path)
+    assert len(records) == 15 and stop["stop_reason"] == "max_steps"
+    time.sleep(0.3)
+    commands = peer.records("command")
+    assert len(commands) >= 10 and all(len(c["data"]) == joints for c in commands)
+    assert np.all(np.abs(np.array([c["data"] for c in commands])) <= 0.5 + 1e-12)

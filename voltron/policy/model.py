@@ -188,13 +188,16 @@ class BCPolicy(nn.Module):
     def camera(self) -> str | None:
         return self.config.policy.camera
 
-    def warmup(self, image_size: int = 224) -> None:
-        """One throwaway action so the first real step is not slowed by lazy initialisation."""
-        obs = {
-            "image": np.zeros((1, image_size, image_size, 3), dtype=np.uint8),
-            "proprio": np.zeros((1, self.proprio_dim), dtype=np.float32),
-            "language": ["warm up"],
-        }
+    def warmup(self, obs: dict[str, Any] | None = None) -> None:
+        """One throwaway action (on `obs`, e.g. the robot's first observation, or on a blank frame) so the first
+        real step is not slowed by lazy initialisation; the observation history is cleared afterwards."""
+        if obs is None:
+            size = self.image_size or self.encoder.config.image_size
+            obs = {
+                "image": np.zeros((1, size, size, 3), dtype=np.uint8),
+                "proprio": np.zeros((1, self.proprio_dim), dtype=np.float32),
+                "language": ["warm up"],
+            }
         self.select_action(obs)
         self.reset()
 
