@@ -40,9 +40,9 @@ from voltron.datasets.store import (
     read_journal,
     shard_name,
     write_index,
-    write_json_atomic,
 )
 from voltron.datasets.video import VideoError, iter_frames, probe_video
+from voltron.io import atomic_write_json
 
 # Corpus layout name -> lister(root, *, n_val, seed) -> [ClipEntry], train clips first. New layouts register here.
 CORPUS_READERS: dict[str, Callable[..., list[ClipEntry]]] = {
@@ -263,7 +263,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
 
         load_tokenizer(config.tokenizer)  # an unusable tokenizer fails now, not after hours of decoding
         if not (out / PLAN_FILE).exists():
-            write_json_atomic(out / PLAN_FILE, plan)
+            atomic_write_json(out / PLAN_FILE, plan)
         for stale in out.rglob(".*.partial"):  # temporary files of a killed atomic write
             stale.unlink()
 
@@ -282,7 +282,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessResult:
 
         _run(config, out, root, shards, pending, workers)
         contents = _finish(config, out, root, shards)
-        write_json_atomic(out / STORE_FILE, {**plan, "contents": contents})
+        atomic_write_json(out / STORE_FILE, {**plan, "contents": contents})
     return _result(out, contents, len(clips), len(pending), start, workers, noop=False)
 
 
@@ -365,7 +365,7 @@ def _finish(config: PreprocessConfig, out: Path, root: Path, shards) -> dict[str
             "captions": len(captions),
         }
     reasons = collections.Counter(_reason_kind(entry["reason"]) for entry in bad)
-    write_json_atomic(out / REPORT_FILE, {"bad_clips": bad, "bad_reasons": dict(sorted(reasons.items()))})
+    atomic_write_json(out / REPORT_FILE, {"bad_clips": bad, "bad_reasons": dict(sorted(reasons.items()))})
     contents.update(bad=len(bad), bad_reasons=dict(sorted(reasons.items())), bytes=total_bytes)
     return contents
 

@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from voltron.io import atomic_write_bytes
+
 STORE_FORMAT = "voltron-jpeg-shards"
 STORE_VERSION = 1
 SPLITS = ("train", "val")
@@ -61,18 +63,6 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` under a temporary name in the same folder, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 # --- Frames --------------------------------------------------------------------------------------------------------
@@ -109,7 +99,7 @@ class ShardWriter:
         self.journal_path = split_dir / f"{shard_name(shard)}.jsonl"
         self.records = read_journal(self.journal_path)
         # Rewrite the journal without any torn last line, then cut the .bin to match it.
-        write_atomic(self.journal_path, b"".join(_record_line(r) for r in self.records))
+        atomic_write_bytes(self.journal_path, b"".join(_record_line(r) for r in self.records))
         self.end = max((r["offset"] + sum(r["frame_sizes"]) for r in self.records if r["status"] == "ok"), default=0)
         self._bin = open(self.bin_path, "ab")
         self._bin.truncate(self.end)
@@ -196,7 +186,7 @@ def build_index(records: list[tuple[int, dict[str, Any]]], input_ids: np.ndarray
 def write_index(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    write_atomic(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # --- Reading ----------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from voltron.io import atomic_write_json
 from voltron.sim.tasks import CORPUS_TASKS, EVAL_TASKS, get_task, task_names
 
 FPS = 12  # Something-Something-v2's frame rate
@@ -431,13 +432,6 @@ class CorpusReport:
     frames_rendered: int = 0
 
 
-def _atomic_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _settings(tasks: list[str], clips_per_task: int, seed: int) -> dict[str, Any]:
     return {
         "generator": "voltron sim make-corpus",
@@ -483,7 +477,7 @@ def make_corpus(
             )
         settings["tasks"] = list(dict.fromkeys(previous.get("tasks", []) + names))
         settings["clips_per_task"] = max(clips_per_task, int(previous.get("clips_per_task", 0)))
-    _atomic_json(manifest, settings)
+    atomic_write_json(manifest, settings)
 
     videos = out / "videos"
     plan = [plan_clip(task, index, seed) for task in names for index in range(clips_per_task)]
@@ -528,10 +522,10 @@ def _write_labels(out: Path, settings: dict[str, Any]) -> None:
             if (out / "videos" / f"{spec.id}.webm").exists():
                 records[spec.split].append(spec.label_record())
                 templates.add(spec.caption.class_name)
-    _atomic_json(out / "labels" / "train.json", records["train"])
-    _atomic_json(out / "labels" / "validation.json", records["validation"])
+    atomic_write_json(out / "labels" / "train.json", records["train"])
+    atomic_write_json(out / "labels" / "validation.json", records["validation"])
     # Something-Something's labels.json maps each bracket-free template to a class index string.
-    _atomic_json(out / "labels" / "labels.json", {name: str(i) for i, name in enumerate(sorted(templates))})
+    atomic_write_json(out / "labels" / "labels.json", {name: str(i) for i, name in enumerate(sorted(templates))})
 
 
 def main(args) -> int:

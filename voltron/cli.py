@@ -26,6 +26,21 @@ COMMAND_MODULES = (
 )
 
 
+def collect_config_overrides(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make a subcommand gather the arguments it does not define (dotted config overrides such as
+    `--train.steps=500`) into `args.overrides` for draccus, instead of argparse rejecting them."""
+    parser.set_defaults(overrides=[])
+    parse_known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, extras = parse_known(args, namespace)
+        namespace.overrides = [*getattr(namespace, "overrides", []), *extras]
+        return namespace, []
+
+    parser.parse_known_args = parse_known_args
+    return parser
+
+
 def _module_exists(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None

@@ -70,7 +70,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     import warnings
 
     from voltron.datasets.preprocess import PreprocessConfig, preprocess
-    from voltron.models.checkpoints import WEIGHTS_NAME, atomic_write_json
+    from voltron.io import atomic_write_json
+    from voltron.models.checkpoints import WEIGHTS_NAME
     from voltron.policy.suite import SuiteOptions, run_eval_suite
     from voltron.pretrain.config import load_config, to_dict
     from voltron.pretrain.trainer import pretrain
@@ -159,7 +160,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
 
 def write_report(out: Path, config: DemoConfig, table, labels: list[str], stages: list[dict]) -> Path:
     """REPORT.md: every number in it is read from this run's own files."""
-    from voltron.models.checkpoints import atomic_write_bytes
+    from voltron.io import atomic_write_bytes
 
     suite_dir = out / "suite"
     metrics = [

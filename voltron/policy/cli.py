@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from voltron.cli import collect_config_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
@@ -17,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--config", help="YAML file (configs/policy/*.yaml) stating what differs from the defaults")
     train.add_argument("--random-init", action="store_true", help="the encoder's architecture, randomly initialised")
     train.add_argument("--no-progress", action="store_true")
-    train.set_defaults(func=run_train, overrides=[])
-    _collect_overrides(train)
+    train.set_defaults(func=run_train)
+    collect_config_overrides(train)
 
     ev = subparsers.add_parser("eval", help="evaluate a policy on a MuJoCo task")
     ev.add_argument("--policy", required=True, help="policy run directory (what train-policy wrote)")
@@ -86,15 +88,3 @@ def run_suite(args: argparse.Namespace) -> int:
     print(table.markdown())
     return 0
 
-
-def _collect_overrides(parser: argparse.ArgumentParser) -> None:
-    """train-policy passes unknown `--section.key=value` flags to draccus as config overrides."""
-    original = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        namespace, extras = original(args, namespace)
-        dotted = [a for a in extras if a.startswith("--") and "." in a.split("=")[0]]
-        namespace.overrides = dotted
-        return namespace, [a for a in extras if a not in dotted]
-
-    parser.parse_known_args = parse_known_args

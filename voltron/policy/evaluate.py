@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from voltron.models.checkpoints import atomic_write_bytes, atomic_write_json
+from voltron.io import atomic_write_bytes, atomic_write_json
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

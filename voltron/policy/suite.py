@@ -12,7 +12,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from voltron.models.checkpoints import atomic_write_bytes, atomic_write_json
+from voltron.io import atomic_write_bytes, atomic_write_json
 from voltron.policy.evaluate import EvalResult, evaluate, wilson_interval
 
 EVAL_SEED_OFFSET = 100_000

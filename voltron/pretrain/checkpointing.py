@@ -29,15 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from voltron.models.checkpoints import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    CheckpointError,
-    atomic_write_bytes,
-    atomic_write_json,
-    read_json,
-    read_weights,
-)
+from voltron.io import atomic_write_bytes, atomic_write_json
+from voltron.models.checkpoints import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_json, read_weights
 
 CHECKPOINTS_DIR = "checkpoints"
 OPTIMIZER_NAME = "optimizer.pt"

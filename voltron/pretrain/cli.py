@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from voltron.cli import collect_config_overrides
+
 USAGE = "voltron pretrain --config configs/pretrain/v-cond.yaml [--optim.lr=3e-4 --train.max_steps=100 ...]"
 DESCRIPTION = (
     "Pretrain a Voltron encoder (or a baseline) on a preprocessed video-language store. Settings come from a YAML "
@@ -14,23 +16,14 @@ DESCRIPTION = (
 )
 
 
-class _OverridesParser(argparse.ArgumentParser):
-    """Collects every argument it does not know (the config's dotted keys) into `overrides` instead of failing."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        namespace, extras = super().parse_known_args(args, namespace)
-        namespace.overrides = list(getattr(namespace, "overrides", None) or []) + list(extras)
-        return namespace, []
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "pretrain", help="pretrain an encoder (torchrun for many processes)", usage=USAGE, description=DESCRIPTION,
         add_help=False,
     )  # fmt: skip
-    parser.__class__ = _OverridesParser  # dotted overrides are draccus's to parse, not argparse's
     parser.add_argument("-h", "--help", action="store_true", help="list every config key and exit")
-    parser.set_defaults(func=run_pretrain, overrides=[])
+    parser.set_defaults(func=run_pretrain)
+    collect_config_overrides(parser)  # dotted overrides (and --config) are draccus's to parse, not argparse's
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from voltron.models.checkpoints import atomic_write_bytes
+from voltron.io import atomic_write_bytes
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -369,7 +369,7 @@ class Trainer:
         step = self.state.step
         self.state.config = cfg_module.to_dict(config)
         if env.is_main:
-            from voltron.models.checkpoints import atomic_write_bytes
+            from voltron.io import atomic_write_bytes
 
             atomic_write_bytes(self.run_dir / cfg_module.CONFIG_FILE, cfg_module.dump_yaml(config).encode())
             print(f"[voltron pretrain] {config.model.name} -> {self.run_dir}: {plan.describe()}", flush=True)

@@ -8,7 +8,6 @@ metres as the robot uses them; `*_ms` fields are milliseconds.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -241,8 +240,6 @@ def robot_config_to_dict(cfg: RobotConfig) -> dict:
 def save_robot_config(cfg: RobotConfig, path: str | Path) -> Path:
     import yaml
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(robot_config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    from voltron.io import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(robot_config_to_dict(cfg), sort_keys=False))
