@@ -307,21 +307,23 @@ def test_connection_loss_holds_then_reconnects_without_stale_commands(peer, tmp_
         wait_for_steps(log_path, 8, timeout_s=30)
         t_kill = time.time()
         peer.kill_server()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15  # the transport thread notices the dead socket; slower on a loaded machine
         while bridge.is_connected and time.monotonic() < deadline:
             time.sleep(0.01)
+        noticed = not bridge.is_connected
         probe_sent = bridge.send_action(probe, PERIOD)  # while down: must be dropped, not queued for later
         time.sleep(1.0)
         peer.restart_server()
-        return t_kill, time.time(), probe_sent
+        return t_kill, time.time(), probe_sent, noticed
 
     times = in_background(outage)
     summary = serve(
         CounterPolicy(),
         bridge,
-        ServeOptions(rate_hz=RATE_HZ, max_steps=90, max_seconds=30, log_path=log_path),
+        ServeOptions(rate_hz=RATE_HZ, max_steps=240, max_seconds=40, log_path=log_path),
     )
-    t_kill, t_restart, probe_sent = times()
+    t_kill, t_restart, probe_sent, noticed = times()
+    assert noticed, "the bridge still reported a connection 15 s after the server was killed"
     assert probe_sent is False
     records, _ = read_log(log_path)
     assert summary.steps == 90
