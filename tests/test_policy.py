@@ -208,3 +208,20 @@ def test_train_policy_cli_takes_dotted_overrides(demos, tmp_path):
         [*cmd[:5], str(tmp_path / "none.hdf5"), *cmd[6:]], capture_output=True, text=True, timeout=300
     )
     assert missing.returncode == 2 and "none.hdf5" in missing.stderr
+
+
+def test_fine_tuning_trains_the_encoder_with_its_own_lr_and_stores_it(demos, tmp_path):
+    config = bc_config("--policy.freeze_encoder=false", "--train.encoder_lr=1e-3", "--train.batch_size=8", steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_policy(config, demos, tmp_path, progress=False)
+    from voltron.models.registry import build_model
+
+    policy = load_policy(tmp_path)
+    torch.manual_seed(config.policy.seed)  # what build_encoder does: the starting weights of the fine-tuned encoder
+    initial = build_model("v-cond-tiny", image_size=64)
+    assert not torch.equal(policy.encoder.patch2embed.proj.weight, initial.patch2embed.proj.weight)
+    assert torch.equal(
+        policy.encoder.lm.model.embeddings.word_embeddings.weight, initial.lm.model.embeddings.word_embeddings.weight
+    )
+    assert not policy.training  # loaded policies come back in eval mode
