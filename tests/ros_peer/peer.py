@@ -117,15 +117,7 @@ class RosPeer:
             cwd=self.workdir,
         )
         threading.Thread(target=self._read_stub, daemon=True).start()
-        server_log = open(self.workdir / "rosbridge.log", "w")
-        self.server = subprocess.Popen(
-            [str(self.python), str(HERE / "rosbridge_server.py"), "--port", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-            env=self.env(),
-            cwd=self.workdir,
-        )
+        self._launch_server("w")
         deadline = time.monotonic() + self.start_timeout_s
         try:
             self._expect_stub("READY", deadline)
@@ -209,10 +201,8 @@ class RosPeer:
         out = [json.loads(line) for line in lines if line.strip()]
         return [r for r in out if kind is None or r["kind"] == kind]
 
-    def restart_server(self) -> None:
-        """Kill and restart the rosbridge server on the same port (a connection loss for the bridge)."""
-        self.kill_server()
-        server_log = open(self.workdir / "rosbridge.log", "a")
+    def _launch_server(self, log_mode: str) -> None:
+        server_log = open(self.workdir / "rosbridge.log", log_mode)
         self.server = subprocess.Popen(
             [str(self.python), str(HERE / "rosbridge_server.py"), "--port", str(self.port)],
             stdin=subprocess.DEVNULL,
@@ -221,6 +211,11 @@ class RosPeer:
             env=self.env(),
             cwd=self.workdir,
         )
+
+    def restart_server(self) -> None:
+        """Kill and restart the rosbridge server on the same port (a connection loss for the bridge)."""
+        self.kill_server()
+        self._launch_server("a")
         self.wait_server(time.monotonic() + self.start_timeout_s)
 
     def kill_server(self) -> None:

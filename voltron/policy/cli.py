@@ -87,4 +87,3 @@ def run_suite(args: argparse.Namespace) -> int:
     table = run_eval_suite(options)
     print(table.markdown())
     return 0
-

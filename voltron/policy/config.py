@@ -9,6 +9,7 @@ from typing import Any
 import draccus
 
 EXTRACTOR_KINDS = ("map", "mean", "cls")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")  # torch dtype names for the frozen-encoder token cache
 
 
 @dataclass
@@ -61,8 +62,8 @@ def validate(config: BCConfig) -> BCConfig:
         )
     if config.policy.history < 1 or config.policy.n_latents < 1:
         raise ValueError("policy.history and policy.n_latents must be >= 1")
-    if config.train.cache_dtype not in ("float16", "bfloat16", "float32"):
-        raise ValueError(f"train.cache_dtype={config.train.cache_dtype!r}; expected float16, bfloat16 or float32")
+    if config.train.cache_dtype not in CACHE_DTYPES:
+        raise ValueError(f"train.cache_dtype={config.train.cache_dtype!r}; expected one of {CACHE_DTYPES}")
     return config
 
 

@@ -215,7 +215,7 @@ def evaluate(
         ci_high=high,
         mean_length=float(np.mean([r["length"] for r in records])),
         seed=seed,
-        horizon=int(horizon or 0) or _task_horizon(task),
+        horizon=int(horizon or _task_horizon(task)),
         seconds=round(seconds, 2),
         env_steps_per_s=round(steps / max(seconds, 1e-9), 2),
         per_episode=records,

@@ -18,8 +18,6 @@ from voltron.datasets.windows import NormStats, WindowDataset
 from voltron.policy.config import BCConfig
 from voltron.policy.model import BCPolicy, build_encoder
 
-CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -126,7 +124,7 @@ def train_policy(
     start = time.perf_counter()
     train_cache = valid_cache = None
     if policy_cfg.freeze_encoder:
-        dtype = CACHE_DTYPES[train_cfg.cache_dtype]
+        dtype = getattr(torch, train_cfg.cache_dtype)  # validated against config.CACHE_DTYPES
         train_cache = encode_frames(policy, train_windows, train_cfg.encode_batch_size, dtype, progress)
         if valid_windows is not None:
             valid_cache = encode_frames(policy, valid_windows, train_cfg.encode_batch_size, dtype, progress)

@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 
 
+def add_config_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a robot config field (dotted key), repeatable",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     ros = subparsers.add_parser("ros", help="real robots through ROS: serve a policy, convert bags to demos")
     ros_sub = ros.add_subparsers(dest="ros_command", metavar="ROS_COMMAND")
@@ -26,14 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--backend", default=None, help="override the config's backend (rosbridge, rclpy)")
     serve.add_argument("--instruction", default=None, help="language instruction (overrides the config default)")
     serve.add_argument("--first-obs-timeout", type=float, default=10.0, help="seconds to wait for all streams")
-    serve.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a robot config field (dotted key), repeatable",
-    )
+    add_config_overrides(serve)
     serve.set_defaults(func=_serve)
 
     bag = ros_sub.add_parser(
@@ -50,14 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bag.add_argument("--valid-fraction", type=float, default=0.1)
     bag.add_argument("--seed", type=int, default=0)
     bag.add_argument("--report", default=None, help="also write the conversion report (gaps, skips) as JSON here")
-    bag.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a robot config field (dotted key), repeatable",
-    )
+    add_config_overrides(bag)
     bag.set_defaults(func=_bag2demos)
 
 
