@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from voltron.models.base import ModelConfig, VoltronModel
 from voltron.models.blocks import Block, PatchEmbed, sincos_2d, transformer_init
 from voltron.models.language import LanguageEncoder
+
+INFO_NCE_EPS = 1e-8  # upstream's `eps`
 
 
 class R3M(VoltronModel):
@@ -42,6 +43,8 @@ class R3M(VoltronModel):
             Block(config.embed_dim, config.n_heads, config.mlp_ratio, voltron=False) for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(config.embed_dim, eps=1e-6)
+        proj = self.patch2embed.proj.weight  # xavier as for a Linear over the flattened patch, as upstream
+        nn.init.xavier_uniform_(proj.data.view(proj.shape[0], -1))
         self.apply(transformer_init)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -83,16 +86,59 @@ class R3M(VoltronModel):
     def similarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return -torch.linalg.vector_norm(x - y, dim=-1)
 
-    def permutations(self, batch_size: int, device) -> list[torch.Tensor]:
-        # cross-batch negatives, drawn from the global RNG (its state is checkpointed by the trainer)
-        return [torch.randperm(batch_size, device=device) for _ in range(self.config.n_negatives)]
+    def permutations(self, batch_size: int, n_terms: int, device) -> list[list[torch.Tensor]]:
+        """`n_terms` lists of `n_negatives` cross-batch permutations, each drawn fresh as upstream does.
+
+        Drawn on the CPU from the global RNG (the trainer checkpoints its state) in upstream's order: negative
+        round by round, one permutation per term within a round. Self is not excluded (as upstream and R3M): a
+        fixed point makes that row's negative equal its positive.
+        """
+        rounds = [[torch.randperm(batch_size) for _ in range(n_terms)] for _ in range(self.config.n_negatives)]
+        return [[perm.to(device) for perm in term] for term in zip(*rounds)]
+
+    def time_contrastive_logits(
+        self, si: torch.Tensor, sj: torch.Tensor, sk: torch.Tensor, perms: list[list[torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two (B, 2 + n) logit tables [positive, hard negative (i, k), cross-batch negatives]: sim(i, j) must beat
+        sim(i, k) and sim(i, other video's i); sim(j, k) must beat sim(i, k) and sim(j, other video's j).
+
+        The second term follows upstream Voltron, whose cross-batch negatives pair s_j with shuffled s_j; the
+        original R3M trainer paired s_k with shuffled s_k there (sim(es2, es2_shuf)).
+        """
+        sim = self.similarity
+        hard = sim(si, sk)
+        term_ij = torch.stack([sim(si, sj), hard] + [sim(si, si[p]) for p in perms[0]], dim=1)
+        term_jk = torch.stack([sim(sj, sk), hard] + [sim(sj, sj[p]) for p in perms[1]], dim=1)
+        return term_ij, term_jk
+
+    def language_logits(
+        self, states: tuple[torch.Tensor, ...], lang: torch.Tensor, perms: list[list[torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        """Three (B, 2 + n) reward tables [positive, in-video negative, cross-video negatives] for this caption:
+        R(s0, sT) vs R(s0, s0), R(s0, sj) vs R(s0, si), R(s0, sk) vs R(s0, sj), each also against another video's
+        progress R(s0[p], s[p]) under this video's caption, as upstream and the original R3M trainer score it.
+        All 3 (2 + n) reward evaluations go through the MLP as one batch."""
+        s0, si, sj, sk, st = states
+        inputs = []
+        for (positive, negative), term_perms in zip(((st, s0), (sj, si), (sk, sj)), perms):
+            inputs += [(s0, positive), (s0, negative)] + [(s0[p], positive[p]) for p in term_perms]
+        rows = torch.cat([torch.cat([initial, current, lang], dim=-1) for initial, current in inputs])
+        rewards = self.language_reward(rows).squeeze(-1).unflatten(0, (len(inputs), -1))  # (3 (2 + n), B)
+        return list(rewards.t().unflatten(1, (3, -1)).unbind(dim=1))  # 3 x (B, 2 + n)
 
     @staticmethod
-    def info_nce(positive: torch.Tensor, negatives: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = torch.stack([positive, *negatives], dim=1)  # (B, 1 + n)
-        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        accuracy = (logits.argmax(dim=1) == 0).float().mean()
-        return F.cross_entropy(logits, target), accuracy
+    def info_nce(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE over (B, 1 + m) logits whose column 0 is the positive, and how often it beats every negative.
+
+        Upstream's (and the original R3M trainer's) arithmetic, -log(eps + e^pos / (eps + sum e^logits)) with
+        eps = 1e-8, rather than a log-softmax: every logit here is <= 1 (similarities are -distances, rewards lie
+        in (0, 1)), so nothing overflows, and where all similarities underflow the loss saturates at -log(1e-8)
+        (about 18.4) exactly as upstream's does.
+        """
+        exp = logits.exp()
+        nce = -torch.log(INFO_NCE_EPS + exp[:, 0] / (INFO_NCE_EPS + exp.sum(dim=1)))
+        accuracy = (logits[:, 1:].max(dim=1).values < logits[:, 0]).float().mean()
+        return nce.mean(), accuracy
 
     def pretrain_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         frames = self.batch_frames(batch)
@@ -102,25 +148,22 @@ class R3M(VoltronModel):
                 f"{self.family} pretraining batch needs 'input_ids' and 'attention_mask'; got {sorted(batch)}"
             )
         emb = self.embed(frames.flatten(0, 1)).unflatten(0, (batch_size, self.train_frames))  # (B, 5, D)
-        s0, si, sj, sk, st = emb.unbind(dim=1)
+        states = emb.unbind(dim=1)  # s0, si, sj, sk, sT: each (B, D)
         l1 = torch.linalg.vector_norm(emb, ord=1, dim=-1).mean()
         l2 = torch.linalg.vector_norm(emb, ord=2, dim=-1).mean()
 
-        perms = self.permutations(batch_size, device)
-        sim = self.similarity
-        tcn_a, acc_a = self.info_nce(sim(si, sj), [sim(si, sk)] + [sim(si, si[p]) for p in perms])
-        tcn_b, acc_b = self.info_nce(sim(sj, sk), [sim(si, sk)] + [sim(sk, sk[p]) for p in perms])
+        # Time contrast draws its permutations first, then the language terms (upstream's order).
+        term_ij, term_jk = self.time_contrastive_logits(*states[1:4], self.permutations(batch_size, 2, device))
+        (tcn_a, _), (tcn_b, _) = self.info_nce(term_ij), self.info_nce(term_jk)
         tcn = (tcn_a + tcn_b) / 2
+        # upstream's TCN accuracy: how often the positive beats the hard negative sim(i, k)
+        tcn_accuracy = (
+            (term_ij[:, 0] > term_ij[:, 1]).float().mean() + (term_jk[:, 0] > term_jk[:, 1]).float().mean()
+        ) / 2
 
         lang = self.language_embedding(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        lang_terms, lang_accs = [], []
-        for positive, negative in ((st, s0), (sj, si), (sk, sj)):  # later frames make more progress on the task
-            term, accuracy = self.info_nce(
-                self.reward(s0, positive, lang),
-                [self.reward(s0, negative, lang)] + [self.reward(s0, positive, lang[p]) for p in perms],
-            )
-            lang_terms.append(term)
-            lang_accs.append(accuracy)
+        lang_tables = self.language_logits(states, lang, self.permutations(batch_size, 3, device))
+        lang_terms, lang_accs = zip(*(self.info_nce(table) for table in lang_tables))
         lang_loss = torch.stack(lang_terms).mean()
 
         cfg = self.config
@@ -130,7 +173,7 @@ class R3M(VoltronModel):
             "lang_loss": lang_loss.detach(),
             "l1": l1.detach(),
             "l2": l2.detach(),
-            "tcn_accuracy": (acc_a + acc_b) / 2,
+            "tcn_accuracy": tcn_accuracy,
             "lang_accuracy": torch.stack(lang_accs).mean(),
         }
         return loss, metrics
