@@ -117,23 +117,35 @@ def test_schedule_is_warmup_then_cosine_to_zero():
         LRSchedule("linear", 1.0, 1, 2)
 
 
-def test_optimizer_decays_matrices_only_and_skips_the_frozen_language_model():
+def test_optimizer_decays_as_upstream_and_skips_the_frozen_language_model():
     assert peak_lr(1.5e-4, 1024) == pytest.approx(6e-4)
     model = build_model("v-dual-tiny", image_size=32)
-    optimizer = build_optimizer(model.named_parameters(), lr=1e-3)
     names = {id(p): n for n, p in model.named_parameters()}
-    groups = {g["name"]: {names[id(p)] for p in g["params"]} for g in optimizer.param_groups}
-    assert optimizer.defaults["betas"] == (0.9, 0.95)
-    assert {g["name"]: g["weight_decay"] for g in optimizer.param_groups} == {"decay": 0.05, "no_decay": 0.0}
-    no_decay = groups["no_decay"]
-    for name in ("mask_token", "img_token", "lang_token", "ctx_enc_pe", "ctx_dec_pe", "encoder_norm.g"):
-        assert name in no_decay, name
-    assert any(n.endswith(".bias") for n in no_decay) and any("layer_scale" in n for n in no_decay)
-    assert "encoder_blocks.0.attn.qkv.weight" in groups["decay"] and "patch2embed.proj.weight" in groups["decay"]
-    assert all(not n.startswith("lm.") for group in groups.values() for n in group)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert groups["decay"] | no_decay == trainable
-    assert not decays("cls_token", torch.zeros(1, 1, 8)) and decays("head.weight", torch.zeros(4, 4))
+
+    def groups(**kwargs) -> dict[str, set[str]]:
+        optimizer = build_optimizer(model.named_parameters(), lr=1e-3, **kwargs)
+        assert optimizer.defaults["betas"] == (0.9, 0.95)
+        assert {g["name"]: g["weight_decay"] for g in optimizer.param_groups} == {"decay": 0.05, "no_decay": 0.0}
+        out = {g["name"]: {names[id(p)] for p in g["params"]} for g in optimizer.param_groups}
+        assert out["decay"] | out["no_decay"] == trainable  # the frozen language model (lm.*) is in neither
+        return out
+
+    # upstream Voltron: every non-bias parameter with ndim >= 2 decays, learned tokens and context embeddings too
+    upstream = groups()
+    embeddings = ("mask_token", "img_token", "lang_token", "ctx_enc_pe", "ctx_dec_pe")
+    for name in embeddings + ("encoder_blocks.0.attn.qkv.weight", "patch2embed.proj.weight"):
+        assert name in upstream["decay"], name
+    assert all(n.endswith(".bias") or model.get_parameter(n).ndim < 2 for n in upstream["no_decay"])
+    assert "encoder_norm.g" in upstream["no_decay"] and any("layer_scale" in n for n in upstream["no_decay"])
+    assert decays("cls_token", torch.zeros(1, 1, 8)) and not decays("head.bias", torch.zeros(4, 4))
+
+    # the option: tokens and *_pe embeddings keep their scale
+    exempt = groups(decay_rule="exempt-embeddings")
+    assert exempt["no_decay"] - upstream["no_decay"] == set(embeddings)
+    assert not decays("cls_token", torch.zeros(1, 1, 8), "exempt-embeddings")
+    with pytest.raises(ValueError, match="optim.decay_rule='none'; expected one of upstream, exempt-embeddings"):
+        decays("w", torch.zeros(2, 2), "none")
 
 
 @pytest.mark.parametrize("world_size, device_batch", [(1, 8), (1, 2), (2, 4), (2, 1), (4, 2)])
