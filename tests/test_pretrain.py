@@ -23,19 +23,32 @@ from _corpus import make_sthsth_corpus  # noqa: E402
 
 import voltron  # noqa: E402
 from voltron.datasets.loader import open_store  # noqa: E402
+from voltron.models.blocks import set_attention_impl  # noqa: E402
+from voltron.models.language import load_tokenizer  # noqa: E402
 from voltron.models.registry import build_model, default_config  # noqa: E402
 from voltron.pretrain import checkpointing as ckpt  # noqa: E402
 from voltron.pretrain.config import PretrainConfig, PretrainError, load_config, replace, validate  # noqa: E402
-from voltron.pretrain.data import collate  # noqa: E402
+from voltron.pretrain.data import (
+    check_store_matches_model,  # noqa: E402
+    collate,  # noqa: E402
+)
+from voltron.pretrain.distributed import DistEnv  # noqa: E402
 from voltron.pretrain.optim import build_optimizer, decays, peak_lr  # noqa: E402
 from voltron.pretrain.sampler import StepBatchSampler  # noqa: E402
 from voltron.pretrain.schedule import LRSchedule  # noqa: E402
-from voltron.pretrain.tracking import read_metrics  # noqa: E402
+from voltron.pretrain.tracking import (  # noqa: E402
+    count_flops,
+    device_peak_flops,
+    peak_flops,
+    read_metrics,
+    training_flops,
+)
 from voltron.pretrain.trainer import (  # noqa: E402
     STEP_DELAY_ENV,
     NonFiniteLossError,
     Objective,
     Plan,
+    Trainer,
     pretrain,
     train_step,
 )
@@ -62,7 +75,7 @@ def store(tmp_path_factory) -> Path:
 
 def write_config(path: Path, store: Path, run_dir: Path, **sections) -> Path:
     """A tiny V-Cond run: 1 process x 2 examples x 2 accumulation = global batch 4, checkpoints every 5 steps;
-    10 steps cross from epoch 0 (steps 1-7) into epoch 1."""
+    10 steps cross from epoch 0 (steps 1-7) into epoch 1. Validation every 3 steps and at epoch ends: 3, 6, 7, 9."""
     data = {
         "run_dir": str(run_dir),
         "model": {"name": "v-cond-tiny", "image_size": 64, "lang_cache_size": 512},
@@ -71,6 +84,7 @@ def write_config(path: Path, store: Path, run_dir: Path, **sections) -> Path:
         "optim": {"lr": 1e-3, "warmup_epochs": 0.1},
         "log": {"every_steps": 1, "progress": False},
         "checkpoint": {"every_steps": 5, "keep_last": 2},
+        "val": {"every_steps": 3},
     }
     for name, values in sections.items():
         data[name].update(values)
@@ -78,11 +92,11 @@ def write_config(path: Path, store: Path, run_dir: Path, **sections) -> Path:
     return path
 
 
-def losses(run_dir: Path) -> dict[int, float]:
+def losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
     records = read_metrics(run_dir)
     steps = [r["step"] for r in records]
     assert len(steps) == len(set(steps)), f"{run_dir}: a step was logged twice: {steps}"
-    return {r["step"]: r["loss"] for r in records}
+    return {r["step"]: r[key] for r in records if key in r}
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +278,11 @@ def test_resume_after_sigkill_continues_exactly(reference, store, tmp_path):
     assert sorted(resumed) == list(range(1, 11))
     assert [resumed[s] for s in range(6, 11)] == [expected[s] for s in range(6, 11)]  # identical, not close
     assert len(set(expected.values())) == 10  # the losses move, so equality means something
+    expected_val, resumed_val = losses(reference_run, "val_loss"), losses(run_dir, "val_loss")
+    assert sorted(expected_val) == sorted(resumed_val) == [3, 6, 7, 9]  # every 3 steps, and the epoch end at 7
+    assert [resumed_val[s] for s in (6, 7, 9)] == [expected_val[s] for s in (6, 7, 9)]
+    state = ckpt.CheckpointManager(run_dir).read(run_dir / "checkpoints" / ckpt.step_dir_name(10)).state
+    assert state.val_step == 9 and state.val_metrics["val_loss"] == expected_val[9]
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -280,6 +299,8 @@ def test_two_processes_match_one_process(strategy, reference, store, tmp_path):
     assert sorted(two) == [1, 2, 3, 4, 5]
     for step in range(1, 6):
         assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+    # the validation loss at step 3, all-reduced over two ranks' halves of the split, is the one-process value
+    assert abs(losses(reference_run, "val_loss")[3] - losses(run_dir, "val_loss")[3]) < 1e-5
     model, _ = voltron.load(run_dir)
     assert model.family == "v-cond" and model.config.image_size == 64
 
@@ -335,3 +356,74 @@ def test_time_budget_and_nan_stop_with_a_checkpoint(store, tmp_path, capsys):
     assert re.search(r"the loss is (nan|inf).*last good checkpoint is .*step-0000000\d", capsys.readouterr().err)
     assert ckpt.CheckpointManager(tmp_path / "nan").steps()
     assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "nan"))
+
+
+# === Validation, store/model consistency, FLOPs and MFU ===
+def test_validation_is_deterministic_and_leaves_training_untouched(reference, store, tmp_path):
+    _, reference_run = reference
+    run_dir = tmp_path / "no-val"
+    config = write_config(tmp_path / "c.yaml", store, run_dir, train={"max_steps": 7}, val={"enabled": False})
+    pretrain(load_config(config))
+    without, with_val = losses(run_dir), losses(reference_run)
+    assert [without[s] for s in range(1, 8)] == [with_val[s] for s in range(1, 8)]  # training RNG untouched
+    assert not losses(run_dir, "val_loss")
+
+    trainer = Trainer(load_config(config, ["--val.enabled=true", "--val.batch_size=3"]), DistEnv())
+    first, second = trainer.run_validation(), trainer.run_validation()
+    assert first == second and math.isfinite(first["val_loss"]) and "val_reconstruction_loss" in first
+    assert len(trainer.val_sampler) == 2  # 1 clip x 5 examples in batches of 3: sizes 3 and 2, weighted by size
+
+
+def test_store_and_model_must_agree(store, tmp_path, capsys):
+    from voltron.cli import main
+
+    config = write_config(tmp_path / "c.yaml", store, tmp_path / "run")
+    with pytest.raises(PretrainError, match=r"frames are 64 px but the model's image_size is 32; set --model.image"):
+        pretrain(load_config(config, ["--model.image_size=32"]))
+    assert main(["pretrain", "--config", str(config), "--model.max_lang_len=32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "store.json" in err and "max_lang_len=20" in err and "is 32" in err and "--model.max_lang_len=20" in err
+    assert not (tmp_path / "run").exists()  # failed before the first step
+
+    settings = {"size": 64, "max_lang_len": 20, "tokenizer": "minilm"}
+    model_config = default_config("v-cond-tiny", image_size=64)
+    check_store_matches_model(settings, model_config, store)
+    check_store_matches_model({**settings, "size": 80}, model_config, store, augment="random-resized-crop")
+    check_store_matches_model({**settings, "max_lang_len": 7}, default_config("r-mvp-tiny", image_size=64), store,
+                              language=False)  # fmt: skip
+    # another name with the same vocabulary gives the same ids: accepted
+    same = tmp_path / "minilm-tokenizer"
+    load_tokenizer("minilm").save_pretrained(same)
+    check_store_matches_model({**settings, "tokenizer": str(same)}, model_config, store)
+    # a different vocabulary is not
+    from transformers import BertTokenizer
+
+    other = tmp_path / "other-tokenizer"
+    other.mkdir()
+    (other / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "put", "cup"]) + "\n")
+    BertTokenizer(str(other / "vocab.txt")).save_pretrained(other)
+    with pytest.raises(PretrainError, match="tokenised with .*other-tokenizer.* --model.language_model="):
+        check_store_matches_model({**settings, "tokenizer": str(other)}, model_config, store)
+
+
+def test_flops_leave_out_the_cached_language_model_and_peaks_follow_precision(store):
+    model = build_model("v-cond-tiny", image_size=32, lang_cache_size=64)
+    batch = collate([open_store(store, "train", model.data_modality, size=32)[i] for i in range(2)])
+    total, language = training_flops(model, batch)
+    assert 0 < language < total
+    model.lm(batch["input_ids"], batch["attention_mask"])  # warm the cache: now the language model is skipped
+
+    def fwd_bwd() -> None:
+        model.pretrain_loss(batch)[0].backward()
+
+    set_attention_impl(model, "eager")
+    assert count_flops(fwd_bwd) == total - language
+
+    assert device_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert device_peak_flops("NVIDIA H100 80GB HBM3", "fp32") == 495e12  # TF32 tensor cores, not the bf16 peak
+    assert device_peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert device_peak_flops("Tesla V100-SXM2-32GB", "bf16") is None  # Volta has no bf16
+    assert device_peak_flops("Tesla V100-SXM2-32GB", "fp32") == 15.7e12
+    assert device_peak_flops("Some Future GPU", "bf16") is None
+    assert peak_flops(torch.device("cpu"), None, "fp32") is None and peak_flops(torch.device("cpu"), 2.0) == 2e12

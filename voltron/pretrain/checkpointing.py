@@ -63,6 +63,8 @@ class TrainerState:
     rng: list[dict[str, Any]] = field(default_factory=list)  # one entry per rank
     config: dict[str, Any] = field(default_factory=dict)  # the resolved pretraining config
     last_metrics: dict[str, float] = field(default_factory=dict)
+    val_step: int = 0  # the optimizer step of the last validation (0: none yet)
+    val_metrics: dict[str, float] = field(default_factory=dict)  # its result: val_loss and the val_* components
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

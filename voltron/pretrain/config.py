@@ -12,7 +12,9 @@ from typing import Any
 import draccus
 
 # The YAML files in configs/pretrain/ state only what differs from these defaults, which follow the paper:
-# AdamW (0.9, 0.95), weight decay 0.05, peak LR 1.5e-4 x 1024 / 256, 20 warm-up epochs, cosine to 0 at 400 epochs.
+# AdamW (0.9, 0.95), weight decay 0.05 on every non-bias parameter with ndim >= 2 (learned tokens and per-frame
+# context embeddings included, as upstream Voltron), peak LR 1.5e-4 x 1024 / 256, 20 warm-up epochs, cosine to 0 at
+# 400 epochs, and a validation loss at the end of every epoch.
 
 
 @dataclass
@@ -21,14 +23,15 @@ class ModelSection:
     # The ModelConfig fields a pretraining run usually sets; None keeps the registry's value.
     language_model: str | None = None  # hub name, local path, or the offline alias `minilm`
     lang_cache_size: int | None = None  # memoise the frozen language model's output per caption (0: off)
-    image_size: int | None = None
+    image_size: int | None = None  # must equal the store's frame size (data.root/store.json)
+    max_lang_len: int | None = None  # must equal the store's tokenised caption length
     mask_ratio: float | None = None
-    # Any other ModelConfig field, e.g. {max_lang_len: 32, decoder_depth: 4}
+    # Any other ModelConfig field, e.g. {decoder_depth: 4}
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def config_overrides(self) -> dict[str, Any]:
         """The keyword overrides for `default_config(name, ...)`."""
-        named = {"language_model", "lang_cache_size", "image_size", "mask_ratio"}
+        named = {"language_model", "lang_cache_size", "image_size", "max_lang_len", "mask_ratio"}
         clash = sorted(named & set(self.overrides))
         if clash:
             raise ValueError(f"model.overrides repeats {clash}; set them as model.<key> instead")
@@ -51,7 +54,11 @@ class OptimSection:
     base_lr: float = 1.5e-4  # per 256 examples; the peak LR is base_lr x global_batch / 256 unless `lr` is set
     lr: float | None = None  # the peak LR itself; the resolved config always states it
     betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05  # on matrices only: never on norms, biases, tokens or position embeddings
+    weight_decay: float = 0.05
+    # which parameters decay (voltron.pretrain.optim.DECAY_RULES): "upstream" = every non-bias tensor with ndim >= 2,
+    # learned tokens and per-frame context embeddings included (the paper's); "exempt-embeddings" also spares
+    # *_token and *_pe parameters (the timm/DeiT convention). Norm gains, biases and LayerScale never decay.
+    decay_rule: str = "upstream"
     eps: float = 1e-8
     schedule: str = "warmup-cosine"  # see voltron.pretrain.schedule.SCHEDULES
     warmup_epochs: float = 20.0
@@ -73,6 +80,19 @@ class TrainSection:
     compile: bool = False  # torch.compile the objective
     attention: str = "sdpa"  # sdpa or eager
     find_unused_parameters: bool = False  # DDP's flag, for objectives that leave parameters unused
+
+
+@dataclass
+class ValSection:
+    """The validation loss: the objective on the store's held-out split, with no gradient and deterministic masks
+    (each example's seed fixes its MAE mask; R3M's negatives come from a generator seeded per validation batch), so
+    the same weights always give the same value. Averaged over examples and all ranks; logged as `val_loss`."""
+
+    enabled: bool = True  # at the end of every epoch (as upstream), plus every `every_steps` optimizer steps
+    every_steps: int | None = None  # None: only at epoch ends
+    split: str = "val"
+    batch_size: int | None = None  # examples per forward pass per rank; None: train.device_batch
+    max_examples: int | None = None  # only the first examples of the split (clip-major); None: all of them
 
 
 @dataclass
@@ -100,6 +120,7 @@ class PretrainConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    val: ValSection = field(default_factory=ValSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
 
@@ -113,6 +134,7 @@ def validate(config: PretrainConfig) -> None:
     from voltron.models.blocks import ATTENTION_IMPLS
     from voltron.models.registry import available_models
     from voltron.pretrain.distributed import BACKENDS, STRATEGIES
+    from voltron.pretrain.optim import DECAY_RULES
     from voltron.pretrain.schedule import SCHEDULES
 
     choices = {
@@ -122,6 +144,7 @@ def validate(config: PretrainConfig) -> None:
         "train.attention": (config.train.attention, list(ATTENTION_IMPLS)),
         "train.device": (config.train.device, ["auto", *BACKENDS]),
         "optim.schedule": (config.optim.schedule, sorted(SCHEDULES)),
+        "optim.decay_rule": (config.optim.decay_rule, list(DECAY_RULES)),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -137,6 +160,10 @@ def validate(config: PretrainConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise PretrainError(f"{key}={value!r}; expected a positive number")
+    for key in ("every_steps", "batch_size", "max_examples"):
+        value = getattr(config.val, key)
+        if value is not None and not value > 0:
+            raise PretrainError(f"val.{key}={value!r}; expected a positive number or null")
     if config.train.max_steps is not None and config.train.max_steps < 0:
         raise PretrainError(f"train.max_steps={config.train.max_steps}; expected >= 0 or null")
     try:
@@ -163,6 +190,7 @@ RESUMABLE_CHANGES = (
     "data.root",
     "checkpoint.",
     "log.",
+    "val.",  # validation never touches the weights, the data order or the training RNG
 )
 
 
@@ -178,7 +206,9 @@ def parse_args(args: list[str] | None = None) -> PretrainConfig:
     for index, arg in enumerate(argv):
         if arg == "--config_path" and index + 1 < len(argv) and not Path(argv[index + 1]).is_file():
             raise FileNotFoundError(f"pretraining config {argv[index + 1]!r} not found")
-    return draccus.parse(PretrainConfig, args=argv)
+    from voltron.cli import parse_config  # the one config path: its errors name the file, key and value
+
+    return parse_config(PretrainConfig, args=argv)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PretrainConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,35 +16,45 @@ from voltron.io import atomic_write_bytes
 
 METRICS_FILE = "metrics.jsonl"
 
-# Dense bf16 tensor-core peak per device, FLOP/s, by a substring of torch.cuda.get_device_name().
-# Longer names first, so "H100 PCIe" wins over "H100". Override with log.peak_tflops.
-PEAK_BF16_FLOPS = {
-    "H100 PCIe": 756e12,
-    "H100 NVL": 835e12,
-    "H100": 989e12,
-    "H200": 989e12,
-    "GH200": 989e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 70e12,
-    "L4": 121e12,
-    "RTX 4090": 165e12,
-    "V100": 125e12,
+# Dense (no sparsity) peak FLOP/s per device, by a substring of torch.cuda.get_device_name() and the training
+# precision: "bf16" is the bf16 tensor-core peak (bf16 autocast); "fp32" is what fp32 training can reach, the TF32
+# tensor-core peak, because the trainer allows TF32 matmuls (set_float32_matmul_precision("high")), or the plain
+# FP32 peak on GPUs without TF32. None: the device has no such unit (V100 has no bf16). Longer names first, so
+# "H100 PCIe" wins over "H100". Override with log.peak_tflops.
+PEAK_FLOPS: dict[str, dict[str, float | None]] = {
+    "H100 PCIe": {"bf16": 756e12, "fp32": 378e12},
+    "H100 NVL": {"bf16": 835e12, "fp32": 418e12},
+    "GH200": {"bf16": 989e12, "fp32": 495e12},
+    "H100": {"bf16": 989e12, "fp32": 495e12},
+    "H200": {"bf16": 989e12, "fp32": 495e12},
+    "B200": {"bf16": 2250e12, "fp32": 1100e12},
+    "A100": {"bf16": 312e12, "fp32": 156e12},
+    "L40S": {"bf16": 362e12, "fp32": 183e12},
+    "A10G": {"bf16": 70e12, "fp32": 35e12},
+    "L4": {"bf16": 121e12, "fp32": 60e12},
+    "RTX 4090": {"bf16": 165e12, "fp32": 83e12},
+    "V100": {"bf16": None, "fp32": 15.7e12},  # Volta: fp16 tensor cores only; no bf16, no TF32
 }
 
 
-def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
-    """The device's peak FLOP/s for MFU, or None when unknown (CPU, unlisted GPUs without an override)."""
+def device_peak_flops(device_name: str, precision: str) -> float | None:
+    """The peak FLOP/s of a GPU (by its CUDA name) at a training precision ("bf16" or "fp32"), or None if unknown."""
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision {precision!r}; expected bf16 or fp32 (resolve 'auto' first)")
+    for key, peaks in PEAK_FLOPS.items():
+        if key in device_name:
+            return peaks[precision]
+    return None
+
+
+def peak_flops(device: torch.device, override_tflops: float | None = None, precision: str = "bf16") -> float | None:
+    """The device's peak FLOP/s at `precision` for MFU, or None when unknown (CPU, unlisted GPUs, V100 at bf16)
+    unless `override_tflops` states it."""
     if override_tflops:
         return override_tflops * 1e12
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return value
-    return None
+    return device_peak_flops(torch.cuda.get_device_name(device), precision)
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -53,6 +64,48 @@ def count_flops(fn: Callable[[], Any]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def training_flops(
+    model: torch.nn.Module, batch: dict[str, Any], autocast: Callable[[], Any] = contextlib.nullcontext
+) -> tuple[int, int]:
+    """(FLOPs of one training pass, forward and backward, over `batch`; the part of them that is the frozen
+    language model's forward). Subtract the second when the language cache is on: in steady state every caption
+    is cached and the language model does not run.
+
+    Counted on the eager attention path (FlopCounterMode does not see every fused SDPA kernel, CPU's), with the
+    language cache bypassed (so it is neither used nor filled) and the RNG streams left as they were.
+    """
+    from voltron.models.blocks import Attention, set_attention_impl
+
+    impls = [m.impl for m in model.modules() if isinstance(m, Attention)]
+    lm = getattr(model, "lm", None)
+    cache_size = lm.cache_size if lm is not None else 0
+    devices = [batch["frames"].device] if batch["frames"].device.type == "cuda" else []
+
+    def fwd_bwd() -> None:
+        with autocast():
+            loss, _ = model.pretrain_loss(batch)
+        loss.backward()
+
+    set_attention_impl(model, "eager")
+    try:
+        if lm is not None:
+            lm.cache_size = 0
+        with torch.random.fork_rng(devices=devices):
+            total = count_flops(fwd_bwd)
+        language = 0
+        if lm is not None and "input_ids" in batch:
+            with autocast():
+                language = count_flops(lambda: lm(batch["input_ids"], batch["attention_mask"]))
+    finally:
+        if lm is not None:
+            lm.cache_size = cache_size
+        attentions = [m for m in model.modules() if isinstance(m, Attention)]
+        for module, impl in zip(attentions, impls):
+            module.impl = impl
+        model.zero_grad(set_to_none=True)
+    return total, language
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from voltron.pretrain.distributed import DistEnv, Strategy, get_strategy
 from voltron.pretrain.distributed import setup as setup_distributed
 from voltron.pretrain.optim import build_optimizer, peak_lr
 from voltron.pretrain.schedule import LRSchedule
-from voltron.pretrain.tracking import Tracker, count_flops, peak_flops
+from voltron.pretrain.tracking import Tracker, peak_flops, training_flops
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,13 +56,18 @@ class Objective(nn.Module):
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+def resolve_precision(device: torch.device, precision: str) -> str:
     """`auto` means bf16 autocast on CUDA and plain fp32 on CPU."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
         raise ValueError(f"train.precision={precision!r}; expected auto or one of {sorted(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
+    return precision
+
+
+def autocast_factory(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A context-manager factory for the forward pass at `precision` (auto, bf16, fp32)."""
+    dtype = PRECISIONS[resolve_precision(device, precision)]
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
@@ -240,10 +245,14 @@ class Trainer:
         model_config = default_config(config.model.name, **config.model.config_overrides())
         self.model = set_attention_impl(build_model(model_config), train.attention).to(env.device)
         self.dataset = dataset if dataset is not None else data_module.build_dataset(config, self.model)
+        self.check_data(config, model_config)
         self.plan = Plan.make(config, len(self.dataset), env.world_size)
         self.loader = data_module.ResumableLoader(
             self.dataset, config, env.rank, env.world_size, pin_memory=env.device.type == "cuda"
         )
+        self.val_loader = self.val_sampler = None
+        if config.val.enabled and dataset is None:  # a dataset handed in has no store to hold out a split from
+            self._build_val_loader(config)
         self.config = cfg_module.replace(config, optim={"lr": self.plan.peak_lr})  # the resolved config
         self.schedule = LRSchedule(
             config.optim.schedule, self.plan.peak_lr, self.plan.warmup_steps, self.plan.total_steps, config.optim.min_lr
@@ -251,7 +260,8 @@ class Trainer:
         self.autocast = autocast_factory(env.device, train.precision)
         if env.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32 (as upstream)
-        self.peak_flops = peak_flops(env.device, config.log.peak_tflops)  # None on CPU unless log.peak_tflops
+        precision = resolve_precision(env.device, train.precision)
+        self.peak_flops = peak_flops(env.device, config.log.peak_tflops, precision)  # None on CPU unless given
         self.flops_per_example = self._count_flops() if self.peak_flops else None
 
         self.strategy = get_strategy(train.strategy)
@@ -259,7 +269,12 @@ class Trainer:
         self.forward = torch.compile(self.module) if train.compile else self.module
         optim = config.optim
         self.optimizer = build_optimizer(
-            self.module.named_parameters(), self.plan.peak_lr, tuple(optim.betas), optim.weight_decay, optim.eps
+            self.module.named_parameters(),
+            self.plan.peak_lr,
+            tuple(optim.betas),
+            optim.weight_decay,
+            optim.eps,
+            decay_rule=optim.decay_rule,
         )
         torch.manual_seed(train.seed + env.rank)  # per-rank streams from here on (e.g. R3M's negatives)
         self.checkpoints = ckpt.CheckpointManager(self.run_dir, config.checkpoint.keep_last, config.checkpoint.verify)
@@ -267,26 +282,88 @@ class Trainer:
         self.last_checkpoint: Path | None = None
 
     # --- setup helpers --------------------------------------------------------------------------------------
+    def check_data(self, config: PretrainConfig, model_config: Any) -> None:
+        """Fail before the first step when the store's frame size, caption length or tokenizer do not fit the model."""
+        from voltron.datasets.sampling import get_scheme
+        from voltron.pretrain import data as data_module
+
+        settings = data_module.store_settings(self.dataset)
+        if settings is not None:
+            data_module.check_store_matches_model(
+                settings,
+                model_config,
+                config.data.root,
+                augment=config.data.options.get("augment"),
+                language=get_scheme(self.model.data_modality).has_language,
+            )
+
+    def _build_val_loader(self, config: PretrainConfig) -> None:
+        from voltron.pretrain import data as data_module
+
+        try:
+            val_dataset = data_module.build_val_dataset(config, self.model)
+        except FileNotFoundError as err:
+            if self.env.is_main:
+                print(f"[voltron pretrain] no validation: {err}", flush=True)
+            return
+        if val_dataset is None:
+            if self.env.is_main:
+                print(f"[voltron pretrain] {config.data.root} has no {config.val.split!r} examples: no validation")
+            return
+        self.val_loader, self.val_sampler = data_module.build_val_loader(
+            val_dataset, config, self.env.rank, self.env.world_size, pin_memory=self.env.device.type == "cuda"
+        )
+
     def _count_flops(self) -> int:
-        """Training FLOPs per example (forward + backward), measured once on two examples of the dataset."""
-        from voltron.models.blocks import set_attention_impl
+        """Training FLOPs per example (forward + backward), counted once on two examples of the dataset. With the
+        language cache on, the frozen language model's forward is left out: in steady state it does not run."""
         from voltron.pretrain.data import collate
 
         batch = to_device(collate([self.dataset[i] for i in range(min(2, len(self.dataset)))]), self.env.device)
-        devices = [self.env.device] if self.env.device.type == "cuda" else []
+        total, language = training_flops(self.model, batch, self.autocast)
+        if self.model.config.lang_cache_size > 0:
+            total -= language
+        return total // len(batch["frames"])
 
-        def fwd_bwd() -> None:
-            with self.autocast():
-                loss, _ = self.model.pretrain_loss(batch)
-            loss.backward()
+    # --- validation -----------------------------------------------------------------------------------------
+    def val_due(self, step: int) -> bool:
+        """Validation runs at the end of every epoch and every `val.every_steps` optimizer steps."""
+        if self.val_loader is None:
+            return False
+        every = self.config.val.every_steps
+        return step % self.plan.steps_per_epoch == 0 or bool(every and step % every == 0)
 
-        # Counted on the eager attention path: FlopCounterMode does not see every fused SDPA kernel (CPU's).
-        set_attention_impl(self.model, "eager")
-        with torch.random.fork_rng(devices=devices):  # leave the training RNG streams untouched
-            flops = count_flops(fwd_bwd)
-        set_attention_impl(self.model, self.config.train.attention)
-        self.model.zero_grad(set_to_none=True)
-        return flops // len(batch["frames"])
+    @torch.no_grad()
+    def run_validation(self) -> dict[str, float]:
+        """The objective on the validation split, averaged over its examples on every rank: {"val_loss", "val_*"}.
+
+        Deterministic for given weights: the split's frames and per-example seeds (hence MAE masks) are pinned, and
+        any other randomness (R3M's negatives) comes from the torch RNG seeded per validation batch inside a fork,
+        so the training RNG streams, and with them exact resume, are untouched. Every rank runs the same number of
+        forward passes through the wrapped model (padding batches weigh 0).
+        """
+        env, sampler = self.env, self.val_sampler
+        devices = [env.device] if env.device.type == "cuda" else []
+        totals, keys = None, None
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for batch_id, padding, batch in zip(sampler.ids, sampler.padding, self.val_loader):
+                    torch.manual_seed(self.config.train.seed * 1_000_003 + batch_id)
+                    batch = to_device(batch, env.device)
+                    with self.autocast():
+                        loss, metrics = self.module(batch)
+                    keys = keys or sorted(metrics)
+                    weight = 0.0 if padding else float(len(batch["frames"]))
+                    values = [loss.float(), *(torch.as_tensor(metrics[k]).float() for k in keys)]
+                    values = torch.stack([v.to(env.device) for v in values] + [torch.ones((), device=env.device)])
+                    totals = values * weight if totals is None else totals + values * weight
+        finally:
+            self.module.train(was_training)
+        means = env.all_reduce_mean(totals).tolist()  # sums / world size: the ratios below are unaffected
+        count = means[-1]
+        return {"val_loss": means[0] / count, **{f"val_{k}": v / count for k, v in zip(keys, means[1:-1])}}
 
     def resume(self) -> bool:
         """Load the newest good checkpoint, if any; corrupt newer ones are set aside with a warning."""
@@ -412,7 +489,11 @@ class Trainer:
                     done = time.perf_counter()
                     step += 1
                     self._advance(step, last, done - tick)
-                    window = self._log(tracker, bar, step, last, window, fetched - tick, done - tick)
+                    val = None
+                    if self.val_due(step):
+                        val = self.run_validation()
+                        self.state.val_step, self.state.val_metrics = step, val
+                    window = self._log(tracker, bar, step, last, window, fetched - tick, done - tick, val)
                     if delay:
                         time.sleep(delay)
                     over_budget = budget_s is not None and time.monotonic() - started >= budget_s
@@ -450,7 +531,17 @@ class Trainer:
         state.train_seconds += seconds
         state.last_metrics = {"loss": out.loss, **out.metrics}
 
-    def _log(self, tracker: Tracker, bar: Any, step: int, out: StepOutput, window: dict, data_s: float, step_s: float):
+    def _log(
+        self,
+        tracker: Tracker,
+        bar: Any,
+        step: int,
+        out: StepOutput,
+        window: dict,
+        data_s: float,
+        step_s: float,
+        val: dict[str, float] | None = None,
+    ):
         window = {
             "examples": window["examples"] + self.plan.global_batch,
             "seconds": window["seconds"] + step_s,
@@ -458,9 +549,12 @@ class Trainer:
             "steps": window["steps"] + 1,
         }
         bar.update(1)
-        bar.set_postfix(loss=f"{out.loss:.4f}", lr=f"{out.lr:.2e}", refresh=False)
-        if step % self.config.log.every_steps and step != self.plan.stop_step:
-            return window
+        postfix = {"loss": f"{out.loss:.4f}", "lr": f"{out.lr:.2e}"}
+        if "val_loss" in self.state.val_metrics:
+            postfix["val_loss"] = f"{self.state.val_metrics['val_loss']:.4f}"
+        bar.set_postfix(postfix, refresh=False)
+        if step % self.config.log.every_steps and step != self.plan.stop_step and val is None:
+            return window  # a validation step always gets its record
         throughput = window["examples"] / max(window["seconds"], 1e-9)
         record = {
             "step": step,
@@ -472,6 +566,7 @@ class Trainer:
             "samples_per_s": throughput,
             "step_time_s": window["seconds"] / window["steps"],
             "data_time_s": window["data"] / window["steps"],
+            **(val or {}),
         }
         if self.flops_per_example and self.peak_flops:
             record["mfu"] = throughput * self.flops_per_example / (self.peak_flops * self.env.world_size)
