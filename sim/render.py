@@ -12,7 +12,9 @@ import weakref
 import numpy as np
 
 # Backends tried in order when MUJOCO_GL is unset. EGL renders on a GPU when there is one and through Mesa's
-# llvmpipe otherwise; OSMesa is the pure-software fallback.
+# llvmpipe otherwise; OSMesa is the pure-software fallback. llvmpipe loads the system libLLVM into the global
+# symbol scope; voltron.llvm_isolation (installed when voltron is imported) keeps Triton's LLVM, which torch.compile
+# imports later, from binding to it, so renders and compiles may come in any order.
 GL_BACKENDS = ("egl", "osmesa")
 
 # Debian/Ubuntu packages that provide each backend (apt-get install ...).
@@ -74,17 +76,6 @@ def select_gl_backend() -> str | None:
             return backend
         _PROBE_ERRORS[backend] = error
     return None
-
-
-def preload_llvm_users() -> None:
-    """Load Triton (which torch imports lazily, e.g. with torch.compile or distributed checkpointing) before the
-    first GL context. Mesa's software renderer loads its own LLVM; Triton's bundled LLVM loaded after it
-    segfaults the process (seen: rendering a corpus, then pretraining, in one `voltron demo`). The other order
-    is safe, and importing Triton costs about 0.2 s."""
-    try:
-        import triton  # noqa: F401
-    except Exception:  # not installed (CPU-only torch builds) or unusable: nothing to protect against
-        pass
 
 
 def gl_help() -> str:
@@ -176,7 +167,6 @@ class OffscreenRenderer:
         # MuJoCo's offscreen buffer defaults to 640x480; grow it rather than refuse larger frames.
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
-        preload_llvm_users()
         try:
             self._renderer = mujoco.Renderer(model, height=self.height, width=self.width)
         except Exception as error:  # mujoco raises several types (ImportError, RuntimeError, GLError)

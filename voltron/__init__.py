@@ -6,6 +6,11 @@ import os
 import warnings
 from pathlib import Path
 
+from voltron import llvm_isolation
+
+# Before anything can import Triton: its LLVM must not bind to Mesa's when a frame was rendered first.
+llvm_isolation.install()
+
 __version__ = "0.1.0"
 __all__ = ["available_models", "instantiate_extractor", "load", "__version__"]
 
