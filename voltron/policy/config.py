@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import draccus
+from voltron.cli import parse_config
 
 EXTRACTOR_KINDS = ("map", "mean", "cls")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")  # torch dtype names for the frozen-encoder token cache
@@ -69,7 +69,7 @@ def validate(config: BCConfig) -> BCConfig:
 
 def load_bc_config(path: str | None = None, overrides: list[str] | None = None) -> BCConfig:
     """Defaults, then the YAML file at `path` (stating only what differs), then dotted overrides (`--train.steps=500`)."""
-    return validate(draccus.parse(BCConfig, config_path=path, args=list(overrides or [])))
+    return validate(parse_config(BCConfig, path, overrides))  # errors name the file, key and value
 
 
 def config_to_dict(config: BCConfig) -> dict[str, Any]:

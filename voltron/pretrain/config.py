@@ -206,7 +206,9 @@ def parse_args(args: list[str] | None = None) -> PretrainConfig:
     for index, arg in enumerate(argv):
         if arg == "--config_path" and index + 1 < len(argv) and not Path(argv[index + 1]).is_file():
             raise FileNotFoundError(f"pretraining config {argv[index + 1]!r} not found")
-    return draccus.parse(PretrainConfig, args=argv)
+    from voltron.cli import parse_config  # the one config path: its errors name the file, key and value
+
+    return parse_config(PretrainConfig, args=argv)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PretrainConfig:

@@ -17,6 +17,7 @@ Episodes stream into `voltron.datasets.demos.write_demos` one at a time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voltron.errors import UserError
 from voltron.ros import codecs
 from voltron.ros.config import RobotConfig, normalize_type
 
@@ -101,14 +103,27 @@ class ConversionReport:
 
 
 # --- reading ----------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
 def _open_reader(path: Path):
-    from rosbags.highlevel import AnyReader
+    from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.typesys import Stores, get_typestore
 
     if not path.exists():
         raise FileNotFoundError(f"bag {path} does not exist")
-    # The default typestore only matters for ROS 2 bags recorded without message definitions.
-    return AnyReader([path], default_typestore=get_typestore(Stores.ROS2_JAZZY))
+    try:
+        # The default typestore only matters for ROS 2 bags recorded without message definitions.
+        reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_JAZZY))
+        reader.open()
+    except AnyReaderError as err:
+        raise UserError(
+            f"not a readable ROS bag ({err})",
+            source=path,
+            expected="a ROS 1 .bag file or a ROS 2 bag directory (sqlite3 or MCAP) that rosbags can open",
+        ) from err
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def _read_streams(reader, wanted: dict[str, str], image_topics: set[str], marker_topics: set[str]) -> dict[str, Stream]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from voltron.errors import UserError
+
 
 def add_config_overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -63,7 +65,7 @@ def _draccus_args(overrides: list[str]) -> list[str]:
     out = []
     for item in overrides:
         if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. safety.watchdog_ms=300")
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. safety.watchdog_ms=300")
         out.append("--" + item.lstrip("-"))
     return out
 

@@ -14,6 +14,8 @@ from typing import Literal
 
 import draccus
 
+from voltron.cli import parse_config
+
 # Message types are written `pkg/Type`; `pkg/msg/Type` (ROS 2 / rosbags spelling) is accepted and normalised.
 IMAGE_TYPES = ("sensor_msgs/CompressedImage", "sensor_msgs/Image")
 STATE_TYPES = ("sensor_msgs/JointState", "geometry_msgs/PoseStamped")
@@ -222,11 +224,7 @@ def load_robot_config(path: str | Path, overrides: list[str] | None = None) -> R
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"robot config {path} does not exist (see configs/robots/ for examples)")
-    try:
-        cfg = draccus.parse(RobotConfig, config_path=str(path), args=list(overrides or []))
-    except draccus.utils.DecodingError as err:
-        raise ValueError(f"{path}: {err}") from None
-    return cfg.validate(str(path))
+    return parse_config(RobotConfig, str(path), overrides).validate(str(path))
 
 
 def robot_config_from_dict(values: dict, source: str = "<dict>") -> RobotConfig:
