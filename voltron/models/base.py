@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from voltron.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODES = ("multimodal", "visual")
@@ -71,17 +73,68 @@ class ModelConfig:
         if "family" not in data:
             raise ValueError(f"{source}: model config has no 'family' key")
         values = dict(data)
-        for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(float(v) for v in values[key])
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                values[f.name] = _checked_value(values[f.name], f.type, source, f.name)
         return cls(**values)
+
+
+# Field annotation (a string, under `from __future__ import annotations`) -> what config.json may hold for it.
+_JSON_KINDS = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "dict[str, Any]": ((dict,), "a JSON object"),
+}
+
+
+def _checked_value(value: Any, annotation: str, source: str, key: str) -> Any:
+    """`value` for a ModelConfig field as read from JSON, or a UserError naming the file, key, value and type."""
+    if annotation.startswith("tuple[float"):  # mean/std: three numbers, one per RGB channel
+        if isinstance(value, list | tuple) and len(value) == 3 and all(_is_number(v) for v in value):
+            return tuple(float(v) for v in value)
+        raise UserError(source=source, key=key, value=value, expected="a list of 3 numbers (R, G, B)")
+    if annotation not in _JSON_KINDS:
+        return value
+    types, expected = _JSON_KINDS[annotation]
+    if isinstance(value, bool) and bool not in types:  # JSON true/false is not a size or a rate
+        raise UserError(source=source, key=key, value=value, expected=expected)
+    if not isinstance(value, types):
+        raise UserError(source=source, key=key, value=value, expected=expected)
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# How far float pixels may stray outside [0, 1] (resampling and colour jitter overshoot a little) before they are
+# taken for 0-255 values, which would otherwise come out about 255 times too bright with no warning.
+UNIT_RANGE_TOLERANCE = 0.01
+
+
+def check_unit_range(images: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    """Raise a UserError unless non-uint8 `images` lie in [0, 1] (within UNIT_RANGE_TOLERANCE); NaN fails too.
+    `dtype` names the caller's input type in the message when `images` is already a float copy of it."""
+    if images.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.aminmax(images.detach()))
+    if not (low >= -UNIT_RANGE_TOLERANCE and high <= 1 + UNIT_RANGE_TOLERANCE):
+        kind = str(dtype or images.dtype).removeprefix("torch.")
+        raise UserError(
+            f"{kind} images with values in [{low:.4g}, {high:.4g}]",
+            key="images",
+            expected="uint8 images (0-255) or float images in [0, 1]; divide 0-255 floats by 255 first",
+        )
 
 
 class Preprocess:
     """Images -> the float tensor a model expects: short-side resize (antialiased), centre crop, normalise.
 
     Accepts a PIL image, a uint8 numpy array (H, W, 3) or (B, H, W, 3), or a torch tensor (..., 3, H, W) or
-    (..., H, W, 3) that is uint8 (0-255) or float (0-1). Returns float32 (..., 3, crop, crop).
+    (..., H, W, 3) that is uint8 (0-255) or float in [0, 1]; floats outside [0, 1] (0-255 floats, say) raise a
+    UserError rather than come out 255 times too bright. Returns float32 (..., 3, crop, crop).
     """
 
     def __init__(self, resize: int, crop: int, mean, std):
@@ -112,7 +165,11 @@ class Preprocess:
         images = self.to_tensor(images)
         lead = images.shape[:-3]
         x = images.reshape(-1, *images.shape[-3:])
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        else:
+            x = x.float()
+            check_unit_range(x, images.dtype)
         height, width = x.shape[-2:]
         if min(height, width) != self.resize:
             scale = self.resize / min(height, width)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from voltron.errors import UserError
 from voltron.io import atomic_write_bytes, atomic_write_json
 from voltron.models.base import ModelConfig, VoltronModel
 from voltron.models.registry import available_models, build_model, default_config, parse_model_id
@@ -183,10 +184,19 @@ def convert_upstream(
     `language_model` overrides the config's (e.g. a local copy of distilbert-base-uncased).
     """
     checkpoint, config_json = Path(checkpoint), Path(config_json)
+    missing = [f"{checkpoint}: no such file (the upstream checkpoint, <id>.pt)"] if not checkpoint.is_file() else []
+    if not config_json.is_file():
+        missing.append(f"{config_json}: upstream model config not found (<id>-config.json)")
+    if missing:  # every missing input in one message, before any guess about the family from a file name
+        raise FileNotFoundError("; ".join(missing))
+    if family is not None and family not in available_models():
+        raise UserError(source=checkpoint, key="family", value=family, expected=f"one of {available_models()}")
     name = family or checkpoint.stem
     if name not in available_models():
-        raise KeyError(
-            f"{checkpoint}: cannot tell the model family from {name!r}; pass family= one of {available_models()}"
+        raise UserError(
+            f"cannot tell the model family from the file name {name!r}",
+            source=checkpoint,
+            expected=f"--family (family= in Python) naming one of {available_models()}",
         )
     upstream = read_json(config_json, "upstream model config")
     if not isinstance(upstream, dict):
