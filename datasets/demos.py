@@ -6,6 +6,7 @@ Layout (one file):
       demo_<i>/                 attrs: num_samples, language, plus the episode's own attrs (e.g. seed)
         obs/<camera>_image      (T, H, W, 3) uint8, one frame per chunk, compressed
         obs/proprio             (T, P) float32
+        obs/state               (T, S) float32, optional: the simulator's privileged low-dim state (state oracles)
         actions                 (T, A) float32
         rewards                 (T,) float32
         dones                   (T,) uint8, 1 on the last step
@@ -48,6 +49,7 @@ class Episode:
     rewards: np.ndarray | None = None  # (T,) float32
     dones: np.ndarray | None = None  # (T,) bool/uint8
     attrs: dict = field(default_factory=dict)  # extra per-episode attributes, e.g. {"seed": 3}
+    state: np.ndarray | None = None  # (T, S) float32 privileged simulator state, when the source has one
 
     def __len__(self) -> int:
         return int(len(self.actions))
@@ -66,6 +68,11 @@ def _check_episode(index: int, episode: Episode) -> tuple[dict[str, np.ndarray],
     if not episode.images:
         raise ValueError(f"{where}: no camera images; expected images={{camera: (T, H, W, 3) uint8}}")
     obs = {"proprio": proprio}
+    if episode.state is not None:
+        state = np.asarray(episode.state, dtype=np.float32)
+        if state.ndim != 2 or len(state) != length:
+            raise ValueError(f"{where}: state has shape {state.shape}; expected ({length}, S)")
+        obs["state"] = state
     for camera, frames in episode.images.items():
         frames = np.asarray(frames)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[0] != length or frames.shape[-1] != 3:
@@ -314,7 +321,12 @@ class DemoFile:
         actions = self._dataset(f"{base}/actions", "(T, A) float32 actions")
         rewards = self._dataset(f"{base}/rewards", "(T,) float32 rewards")
         dones = self._dataset(f"{base}/dones", "(T,) uint8 done flags")
+        state = None
+        if "state" in group["obs"]:
+            state = self._dataset(f"{base}/obs/state", "(T, S) float32 simulator state")
         named = {"actions": actions, "obs/proprio": proprio, "rewards": rewards, "dones": dones}
+        if state is not None:
+            named["obs/state"] = state
         named.update({f"obs/{camera}{IMAGE_SUFFIX}": frames for camera, frames in images.items()})
         for name, array in named.items():
             if array.shape[:1] != (length,):
@@ -330,6 +342,7 @@ class DemoFile:
             rewards=rewards.astype(np.float32, copy=False),
             dones=dones.astype(np.uint8, copy=False),
             attrs=extra,
+            state=None if state is None else state.astype(np.float32, copy=False),
         )
 
     def __iter__(self) -> Iterator[Episode]:

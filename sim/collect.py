@@ -97,6 +97,7 @@ def iter_successful_episodes(
             yield Episode(
                 images={env.camera: np.stack(record.images)},
                 proprio=np.stack(record.proprio),
+                state=np.stack(record.states),
                 actions=np.stack(record.actions),
                 language=env.task.language,
                 rewards=np.asarray(record.rewards, np.float32),

@@ -64,6 +64,7 @@ class Rollout:
 
     images: list[np.ndarray] = field(default_factory=list)  # T x (H, W, 3) uint8
     proprio: list[np.ndarray] = field(default_factory=list)  # T x (P,) float32
+    states: list[np.ndarray] = field(default_factory=list)  # T x (39,) float32 MetaWorld state (state oracles)
     actions: list[np.ndarray] = field(default_factory=list)  # T x (4,) float32
     rewards: list[float] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
@@ -98,6 +99,7 @@ def rollout(
         action = policy(info["state"])
         record.images.append(obs["image"])
         record.proprio.append(obs["proprio"])
+        record.states.append(np.asarray(info["state"], dtype=np.float32))
         record.actions.append(action)
         obs, reward, terminated, truncated, info = env.step(action)
         record.rewards.append(float(reward))

@@ -30,12 +30,17 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     assert (out / "store" / "report.json").is_file()
     assert (out / "pretrain" / "config.json").is_file() and (out / "pretrain" / "model.safetensors").is_file()
     for task in tasks:
-        assert (out / "suite" / "demos" / f"{task}.hdf5").is_file()
-        for label in ("V-Cond__pretrained_here_", "V-Cond__random_init_"):
+        assert (out / "suite" / "demos" / f"{task}-3x64px-corner3.hdf5").is_file()
+        for label in ("state_oracle", "proprio_only", "V-Cond__pretrained_here_", "V-Cond__random_init_"):
             run = out / "suite" / "policies" / label / task / "seed0"
             assert (run / "model.safetensors").is_file() and (run / "metrics.jsonl").is_file()
-            assert (run / "eval" / "results.json").is_file() and (run / "eval" / "episode_000.mp4").is_file()
-    for name in ("REPORT.md", "demo_config.json", "suite/results.json", "suite/results.md", "suite/success.png"):
+            assert (run / "eval" / "results.json").is_file() and (run / "eval" / "eval_info.json").is_file()
+            assert (run / "eval" / "step_000020" / "results.json").is_file()  # the half-way checkpoint
+            assert (run / "eval" / "episode_000.mp4").is_file() == label.startswith("V-Cond")  # low-dim: no frames
+    for name in (
+        "REPORT.md", "demo_config.json", "suite/results.json", "suite/results.md", "suite/success.png",
+        "suite/learning_curve.png",
+    ):  # fmt: skip
         assert (out / name).is_file(), name
 
 
@@ -43,6 +48,10 @@ def test_report_numbers_come_from_the_run(quick_demo):
     out, stdout = quick_demo
     report = (out / "REPORT.md").read_text()
     results = json.loads((out / "suite" / "results.json").read_text())
+    assert results["row_order"][:2] == ["state oracle", "proprio only"]  # the reference rows come first
+    assert set(results["margins_vs_proprio_only"]) == {"V-Cond (pretrained here)", "V-Cond (random init)"}
+    assert results["protocol"]["camera"] == "corner3" and results["protocol"]["steps"] == 40
+    assert any(report.startswith(v, 23) for v in ("**Pretraining helped", "**Pretraining hurt", "**No detectable"))
     for label, cells in results["rows"].items():
         row = next(line for line in report.splitlines() if line.startswith(f"| {label} |"))
         shown = re.findall(r"(\d+)% \((\d+)%-(\d+)%\)", row)

@@ -109,7 +109,7 @@ def test_select_action_is_batched_and_in_env_units(trained, demos):
     single = policy.select_action({"image": frames[0], "proprio": proprio[0], "language": episode.language})
     assert single.shape == (4,)
     assert np.allclose(single, actions[0], atol=1e-5)
-    with pytest.raises(ValueError, match="proprio has 5 dims; this policy expects 4"):
+    with pytest.raises(ValueError, match="'proprio' has 5 dims; this policy expects 4"):
         policy.select_action({"image": frames[:1], "proprio": np.zeros((1, 5)), "language": ["x"]})
 
 
@@ -225,3 +225,78 @@ def test_fine_tuning_trains_the_encoder_with_its_own_lr_and_stores_it(demos, tmp
         policy.encoder.lm.model.embeddings.word_embeddings.weight, initial.lm.model.embeddings.word_embeddings.weight
     )
     assert not policy.training  # loaded policies come back in eval mode
+
+
+def test_eval_mode_matches_what_training_optimised(demos, tmp_path):
+    """The head's BatchNorm statistics come from the final extractor: the deployed (eval-mode) policy's loss on
+    its own training windows is close to the train-mode loss, even with a trainable MAP extractor in front of the
+    BatchNorm and a constant learning rate (where running averages lag furthest behind)."""
+    import copy
+
+    from voltron.policy.train import load_split, make_batch
+
+    config = bc_config("--train.schedule=constant", "--train.lr=3e-3", "--policy.extractor=map", steps=150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = train_policy(config, demos, tmp_path, progress=False)
+    policy = load_policy(tmp_path)
+    windows = WindowDataset(load_split(demos, "train", True), 1, policy.camera)
+    batch = make_batch(windows, torch.arange(len(windows)), None)
+    with torch.no_grad():
+        eval_loss = float(policy(batch)[0])
+        train_mode = copy.deepcopy(policy).train()  # batch statistics of all training windows at once
+        train_loss = float(train_mode(batch)[0])
+    assert eval_loss == pytest.approx(summary["train_loss_eval_mode"], rel=0.05, abs=1e-4)
+    assert eval_loss < 1.5 * train_loss + 1e-3, (eval_loss, train_loss)
+
+
+def test_eval_refuses_demo_seeds_and_writes_lerobot_eval_info(trained, tmp_path):
+    from voltron.policy.evaluate import EVAL_SEED_OFFSET, evaluate
+
+    out, summary = trained
+    assert summary["demo_seeds"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="seed.*demos were collected with"):
+        evaluate(out, TASK, episodes=2, seed=0, num_envs=1, horizon=5, out_dir=tmp_path / "overlap", progress=False)
+    assert not (tmp_path / "overlap").exists()
+    result = evaluate(out, TASK, episodes=2, num_envs=1, horizon=6, out_dir=tmp_path, videos=0, progress=False)
+    assert result.seed == EVAL_SEED_OFFSET and [e["seed"] for e in result.per_episode] == [100_000, 100_001]
+    info = json.loads((tmp_path / "eval_info.json").read_text())
+    for key in ("pc_success", "avg_sum_reward", "avg_max_reward", "n_episodes", "pc_success_ci95", "eval_s"):
+        assert key in info["overall"] and key in info["aggregated"] and key in info["per_task"][0]["metrics"]
+    assert info["overall"]["n_episodes"] == 2 and info["per_task"][0]["task"] == TASK
+    for episode in info["per_episode"]:
+        assert {"episode_ix", "seed", "success", "length", "sum_reward", "max_reward"} <= set(episode)
+    assert info["code_version"].startswith("0.") and info["settings"][0]["mode"] == "eval"
+    assert info["settings"][0]["horizon"] == 6 and info["settings"][0]["camera"] == "corner"
+
+
+def test_eval_resumes_after_sigkill_with_identical_episodes(trained, tmp_path):
+    import os
+    import signal
+    import time
+
+    out, _ = trained
+    cmd = [
+        sys.executable, "-m", "voltron.cli", "eval", "--policy", str(out), "--task", TASK, "--episodes", "4",
+        "--num-envs", "1", "--horizon", "25", "--videos", "0", "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    killed_dir, whole_dir = tmp_path / "killed", tmp_path / "whole"
+    log = killed_dir / "episodes.jsonl"
+    process = subprocess.Popen([*cmd, "--out", str(killed_dir)], env=env)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:  # settings + two finished episodes
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    kept = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    assert 2 <= len(kept) < 4, "the kill should land mid-evaluation"
+    for directory in (killed_dir, whole_dir):
+        result = subprocess.run([*cmd, "--out", str(directory)], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    resumed = json.loads((killed_dir / "results.json").read_text())[0]["per_episode"]
+    whole = json.loads((whole_dir / "results.json").read_text())[0]["per_episode"]
+    assert resumed == whole and [e["episode"] for e in resumed] == [0, 1, 2, 3]
+    assert [{k: v for k, v in e.items() if k != "round"} for e in kept] == whole[: len(kept)]

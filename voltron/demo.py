@@ -4,8 +4,10 @@
 2. preprocess it into the training store;
 3. pretrain V-Cond at a small size for a fixed time budget;
 4. collect scripted demonstrations for the five evaluation tasks;
-5. train behaviour-cloning policies on the pretrained encoder and on the same architecture randomly initialised;
-6. evaluate both on all five tasks, and write runs/demo/REPORT.md with the table, plots, videos and config.
+5. train behaviour-cloning policies on the pretrained encoder, on the same architecture randomly initialised, and
+   the two reference rows: a state oracle (the harness can succeed) and a proprio-only floor (no image);
+6. evaluate every policy on all five tasks (eval mode, unseen seeds), and write runs/demo/REPORT.md with the table,
+   the verdict with its interval, the learning curve, videos and config.
 
 Every stage is cached: a second run reuses what the first finished. `--quick` runs the same stages at toy sizes.
 """
@@ -29,10 +31,14 @@ class DemoConfig:
     pretrain_minutes: float = 6.0
     pretrain_model: str = "v-cond-tiny"
     pretrain_batch: int = 32
-    demos_per_task: int = 15
-    policy_steps: int = 600
-    policy_seeds: int = 1
-    eval_episodes: int = 10
+    demos_per_task: int = 25
+    camera: str = "corner3"  # the metaworld5 suite's view: every task-relevant object is visible
+    policy_steps: int = 1000
+    policy_batch: int = 64
+    policy_seeds: int = 2
+    eval_episodes: int = 10  # final evaluation, per policy seed
+    checkpoints: int = 2  # evaluations over training: one at half way, and the final one
+    checkpoint_episodes: int = 5
     horizon: int = 200  # evaluation steps per episode; the experts finish in 75-220 (with 10 post-success steps)
     num_envs: int = 2
     seed: int = 0
@@ -40,7 +46,7 @@ class DemoConfig:
 
 QUICK = dict(
     corpus_tasks=3, clips_per_task=2, image_size=64, pretrain_minutes=0.4, pretrain_batch=8, demos_per_task=3, policy_steps=40,
-    eval_episodes=2, horizon=30, num_envs=1,
+    policy_seeds=1, eval_episodes=2, checkpoints=2, checkpoint_episodes=1, horizon=30, num_envs=1,
 )  # fmt: skip
 
 
@@ -72,10 +78,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     from voltron.datasets.preprocess import PreprocessConfig, preprocess
     from voltron.io import atomic_write_json
     from voltron.models.checkpoints import WEIGHTS_NAME
-    from voltron.policy.suite import SuiteOptions, run_eval_suite
+    from voltron.policy.suite import SuiteOptions, ensure_demos, run_eval_suite
     from voltron.pretrain.config import load_config, to_dict
     from voltron.pretrain.trainer import pretrain
-    from voltron.sim.collect import collect
     from voltron.sim.corpus import make_corpus
     from voltron.sim.tasks import EVAL_TASKS
 
@@ -126,26 +131,27 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     )
     stages.run("3/6 pretrain V-Cond", (pretrain_dir / WEIGHTS_NAME).is_file(), lambda: pretrain(pretrain_config))
 
+    def demo_path(task: str) -> Path:
+        return ensure_demos(task, config.demos_per_task, suite_dir, config.image_size, config.camera, progress)
+
     def collect_all() -> None:
         for task in EVAL_TASKS:
-            path = suite_dir / "demos" / f"{task}.hdf5"
-            if not path.is_file():
-                _, stats = collect(
-                    task, config.demos_per_task, path, seed=config.seed, image_size=config.image_size,
-                    progress=progress,  # the task's own horizon: experts need it; `horizon` bounds evaluation
-                )  # fmt: skip
-                print(f"{task}: expert success {stats.success_rate:.0%}")
+            demo_path(task)  # the task's own horizon: experts need it; `horizon` bounds evaluation
 
-    demos_done = all((suite_dir / "demos" / f"{t}.hdf5").is_file() for t in EVAL_TASKS)
+    demos_done = all(
+        (suite_dir / "demos" / f"{t}-{config.demos_per_task}x{config.image_size}px-{config.camera}.hdf5").is_file()
+        for t in EVAL_TASKS
+    )
     stages.run("4/6 collect demonstrations", demos_done, collect_all)
 
     labels = ["V-Cond (pretrained here)", "V-Cond (random init)"]
     options = SuiteOptions(
         encoders=[str(pretrain_dir), str(pretrain_dir)], random_init=[False, True], labels=labels,
-        tasks=list(EVAL_TASKS), demos_per_task=config.demos_per_task, seeds=config.policy_seeds,
-        episodes=config.eval_episodes, out=str(suite_dir), num_envs=config.num_envs, horizon=config.horizon,
-        steps=config.policy_steps, image_size=config.image_size, progress=progress,
-        train_overrides=["--train.batch_size=128", "--train.valid_every=200", "--train.log_every=20"],
+        tasks=list(EVAL_TASKS), demos_per_task=[config.demos_per_task], seeds=config.policy_seeds,
+        episodes=config.eval_episodes, checkpoints=config.checkpoints, checkpoint_episodes=config.checkpoint_episodes,
+        out=str(suite_dir), num_envs=config.num_envs, horizon=config.horizon, steps=config.policy_steps,
+        image_size=config.image_size, camera=config.camera, progress=progress,
+        train_overrides=[f"--train.batch_size={config.policy_batch}", "--train.log_every=20"],
     )  # fmt: skip
     table = stages.run("5-6/6 train and evaluate policies", False, lambda: run_eval_suite(options))
 
@@ -167,20 +173,47 @@ def write_report(out: Path, config: DemoConfig, table, labels: list[str], stages
         json.loads(line) for line in (out / "pretrain" / "metrics.jsonl").read_text().splitlines() if line.strip()
     ]
     losses = [m["loss"] for m in metrics if "loss" in m]
-    pretrained, random_ = (table.rows[label]["mean"]["rate"] for label in labels)
-    verdict = "beats" if pretrained > random_ else "does not beat" if pretrained < random_ else "ties with"
+    from voltron.policy.suite import FLOOR, ORACLE, margin
+
+    pretrained, random_ = (table.rows[label]["mean"] for label in labels)
+    diff = margin(pretrained, random_)
+    if diff["ci_low"] > 0:
+        verdict = "Pretraining helped"
+    elif diff["ci_high"] < 0:
+        verdict = "Pretraining hurt"
+    else:
+        verdict = "No detectable effect of pretraining"
+    oracle, floor = table.rows[ORACLE], table.rows[FLOOR]
+    zero = [t for t in table.tasks if oracle[t]["rate"] == 0]
     videos = sorted(suite_dir.glob("policies/*/*/seed0/eval/episode_000.mp4"))
     lines = [
         "# voltron demo report",
         "",
-        f"Mean success: the pretrained encoder {verdict} the randomly initialised one "
-        f"({pretrained:.0%} vs {random_:.0%} over {len(table.tasks)} tasks).",
+        f"**{verdict}**: mean final success {pretrained['rate']:.0%} with the encoder pretrained here vs "
+        f"{random_['rate']:.0%} with the same architecture randomly initialised, a difference of "
+        f"{diff['diff']:+.0%} (95% CI {diff['ci_low']:+.0%} to {diff['ci_high']:+.0%}; {pretrained['n']} evaluation "
+        f"episodes per row over {len(table.tasks)} tasks).",
+        "",
+        f"References: the state oracle reaches {oracle['mean']['rate']:.0%} "
+        + (
+            f"(zero on {', '.join(zero)}: the harness fails there, not the encoder)"
+            if zero
+            else "(non-zero on every task)"
+        )
+        + f"; a policy that never looks at the image (proprio only) reaches {floor['mean']['rate']:.0%}."
+        + (
+            f" Tasks where the oracle is below 80% (broken at these settings): {', '.join(table.broken)}."
+            if table.broken
+            else ""
+        ),
         "",
         "## Success rates (95% Wilson intervals)",
         "",
-        table.markdown(),
+        (suite_dir / "results.md").read_text().strip(),
         "",
         "![success](suite/success.png)",
+        "",
+        "![learning curve](suite/learning_curve.png)",
         "",
         "## Pretraining",
         "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from voltron.cli import collect_config_overrides
+from voltron.policy.evaluate import EVAL_SEED_OFFSET
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--policy", required=True, help="policy run directory (what train-policy wrote)")
     ev.add_argument("--task", required=True, help="task name, e.g. drawer-open")
     ev.add_argument("--episodes", type=int, default=50)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--seed", type=int, default=EVAL_SEED_OFFSET,
+        help=f"first reset seed (default {EVAL_SEED_OFFSET}; demos start at 0, and seeds a demo used are refused)",
+    )  # fmt: skip
+    ev.add_argument("--allow-seed-overlap", action="store_true", help="evaluate on demo seeds anyway")
+    ev.add_argument("--checkpoint", help="a CHECKPOINT_DIR/step_*.safetensors of the run instead of its final weights")
     ev.add_argument("--num-envs", type=int, default=2, help="environments stepped in parallel worker processes")
     ev.add_argument("--horizon", type=int, help="max steps per episode (default: the task's, 500)")
     ev.add_argument("--videos", type=int, default=3, help="captioned MP4s of the first N episodes")
@@ -36,14 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     suite = subparsers.add_parser("eval-suite", help="collect demos, train and evaluate policies over a task suite")
     suite.add_argument("--suite", default="metaworld5", help="task suite (metaworld5: the five CortexBench tasks)")
-    suite.add_argument("--encoder", action="append", required=True, help="encoder id or run dir (repeatable)")
-    suite.add_argument("--demos-per-task", type=int, default=25)
-    suite.add_argument("--seeds", type=int, default=3, help="policy training seeds per (encoder, task)")
-    suite.add_argument("--episodes", type=int, default=50, help="evaluation episodes per policy")
+    suite.add_argument("--encoder", action="append", default=[], help="encoder id or run dir (repeatable)")
+    suite.add_argument("--random-init", action="append", default=[], help="encoder id evaluated randomly initialised")
+    suite.add_argument("--demos-per-task", type=int, nargs="+", default=[25], help="a sweep, e.g. 5 10 25")
+    suite.add_argument("--seeds", type=int, default=3, help="policy training seeds per (row, task, demo count)")
+    suite.add_argument("--episodes", type=int, default=50, help="final evaluation episodes per policy")
+    suite.add_argument("--checkpoints", type=int, default=4, help="evaluations during training (best and final)")
+    suite.add_argument("--checkpoint-episodes", type=int, default=0, help="episodes per intermediate evaluation")
     suite.add_argument("--out", default="runs/eval-suite")
     suite.add_argument("--num-envs", type=int, default=2)
-    suite.add_argument("--horizon", type=int)
-    suite.add_argument("--steps", type=int, default=2000, help="policy training steps")
+    suite.add_argument("--horizon", type=int, help="evaluation steps per episode (default: the task's, 500)")
+    suite.add_argument("--steps", type=int, default=4000, help="policy training steps (cosine schedule)")
+    suite.add_argument("--image-size", type=int, default=112, help="rendered frame size (demos and evaluation)")
+    suite.add_argument("--camera", help="camera (default: the suite's, corner3 for metaworld5)")
+    suite.add_argument("--no-references", action="store_true", help="skip the state-oracle and proprio-only rows")
     suite.add_argument("--no-progress", action="store_true")
     suite.set_defaults(func=run_suite)
 
@@ -70,7 +82,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     result = evaluate(
         args.policy, args.task, args.episodes, args.seed, args.num_envs, args.horizon, args.out, args.videos,
-        progress=not args.no_progress,
+        progress=not args.no_progress, checkpoint=args.checkpoint, allow_seed_overlap=args.allow_seed_overlap,
     )  # fmt: skip
     print(result.summary())
     return 0
@@ -79,9 +91,12 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_suite(args: argparse.Namespace) -> int:
     from voltron.policy.suite import SuiteOptions, run_eval_suite
 
+    encoders = [*args.encoder, *args.random_init]
     options = SuiteOptions(
-        suite=args.suite, encoders=args.encoder, demos_per_task=args.demos_per_task, seeds=args.seeds,
-        episodes=args.episodes, out=args.out, num_envs=args.num_envs, horizon=args.horizon, steps=args.steps,
+        suite=args.suite, encoders=encoders, random_init=[False] * len(args.encoder) + [True] * len(args.random_init),
+        demos_per_task=args.demos_per_task, seeds=args.seeds, episodes=args.episodes, checkpoints=args.checkpoints,
+        checkpoint_episodes=args.checkpoint_episodes, out=args.out, num_envs=args.num_envs, horizon=args.horizon,
+        steps=args.steps, image_size=args.image_size, camera=args.camera, references=not args.no_references,
         progress=not args.no_progress,
     )  # fmt: skip
     table = run_eval_suite(options)

@@ -9,6 +9,9 @@ from typing import Any
 from voltron.cli import parse_config
 
 EXTRACTOR_KINDS = ("map", "mean", "cls")
+LOWDIM_KEYS = ("proprio", "state")  # what the head sees besides the image: proprioception, or the simulator state
+NO_ENCODER = "none"  # policy.encoder for low-dim-only reference policies (state oracle, proprio-only floor)
+SCHEDULES = ("cosine", "constant")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")  # torch dtype names for the frozen-encoder token cache
 
 
@@ -16,8 +19,10 @@ CACHE_DTYPES = ("float16", "bfloat16", "float32")  # torch dtype names for the f
 class PolicyConfig:
     """The architecture (R3M / Voltron frozen-representation protocol) and what it consumes."""
 
-    encoder: str = "v-cond"  # a registered model id or a checkpoint directory (e.g. a `voltron pretrain` run)
-    pretrained: bool = True  # False: the same architecture, randomly initialised (seeded by `seed`)
+    encoder: str = "v-cond"  # a registered model id, a checkpoint directory, or "none" (no image: low-dim only)
+    pretrained: bool = True  # False: the same architecture, randomly initialised (seeded by `encoder_seed`)
+    encoder_seed: int = 0  # random init only; fixed apart from `seed` so every policy seed sees the same encoder
+    lowdim: str = "proprio"  # appended to the image features (R3M): "proprio", or "state" for the state oracle
     encoder_overrides: dict[str, Any] = field(
         default_factory=dict
     )  # random init only: ModelConfig fields, e.g. image_size
@@ -33,9 +38,13 @@ class PolicyConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 4000
     batch_size: int = 256
     lr: float = 1e-3
+    schedule: str = "cosine"  # cosine decay to 0 after warm-up: the last checkpoint is converged, not a lottery
+    warmup_steps: int = 100
+    checkpoint_every: int = 0  # also save the extractor+head every K steps (for best-checkpoint evaluation); 0: off
+    max_episodes: int = 0  # train on the first N episodes of the train split (demo-count sweeps); 0: all
     encoder_lr: float = 1e-5  # only when the encoder is fine-tuned
     weight_decay: float = 1e-4
     train_split: str = "train"
@@ -62,6 +71,12 @@ def validate(config: BCConfig) -> BCConfig:
         )
     if config.policy.history < 1 or config.policy.n_latents < 1:
         raise ValueError("policy.history and policy.n_latents must be >= 1")
+    if config.policy.lowdim not in LOWDIM_KEYS:
+        raise ValueError(f"policy.lowdim={config.policy.lowdim!r}; expected one of {LOWDIM_KEYS}")
+    if config.train.schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule={config.train.schedule!r}; expected one of {SCHEDULES}")
+    if config.train.steps < 1:
+        raise ValueError(f"train.steps={config.train.steps}; expected at least 1 (0 would save an untrained policy)")
     if config.train.cache_dtype not in CACHE_DTYPES:
         raise ValueError(f"train.cache_dtype={config.train.cache_dtype!r}; expected one of {CACHE_DTYPES}")
     return config

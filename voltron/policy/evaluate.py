@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from voltron.io import atomic_write_bytes, atomic_write_json
+
+# Evaluation episodes start at this reset seed by default; `voltron sim collect` and the suites' demos start at 0,
+# so no evaluation episode starts in a scene a demonstration showed.
+EVAL_SEED_OFFSET = 100_000
+EPISODES_NAME = "episodes.jsonl"  # one line per finished episode, appended as rounds finish (resume reads it)
+LOWDIM_IMAGE_SIZE = 16  # a policy without an encoder never looks at the frame: render the smallest useful one
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -23,7 +33,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     denom = 1 + z**2 / trials
     centre = (rate + z**2 / (2 * trials)) / denom
     half = z * math.sqrt(rate * (1 - rate) / trials + z**2 / (4 * trials**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half))  # rounding never excludes rate
 
 
 @dataclass
@@ -42,6 +52,9 @@ class EvalResult:
     env_steps_per_s: float
     per_episode: list[dict[str, Any]] = field(default_factory=list)
     videos: list[str] = field(default_factory=list)
+    avg_sum_reward: float = 0.0
+    avg_max_reward: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (
@@ -93,35 +106,76 @@ def plot_success(results: list[EvalResult], path: Path, title: str) -> Path:
     return path
 
 
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def code_version() -> str:
+    """voltron's version, plus the git commit when running from a checkout (e.g. "0.1.0+g1a2b3c4")."""
+    import voltron
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(voltron.__file__).parent, capture_output=True,
+            text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(voltron.__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        return f"{voltron.__version__}+g{commit}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return voltron.__version__
+
+
 def rollout(
     policy: Any,
     task: str,
     episodes: int,
-    seed: int = 0,
+    seed: int = EVAL_SEED_OFFSET,
     num_envs: int = 2,
     horizon: int | None = None,
     image_size: int = 224,
     record: int = 0,
     progress: bool = True,
+    done_rounds: set[int] | None = None,
+    on_round: Callable[[int, list[dict[str, Any]]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[list[np.ndarray]], float, int]:
     """Run `episodes` episodes (seeds seed, seed+1, ...) with the policy batched across `num_envs` envs.
 
-    Returns per-episode records, the frames of the first `record` episodes, the rollout's wall seconds (after the
-    environments started) and the env steps taken.
+    Episodes run in fixed rounds of `num_envs` (round r holds episodes r*num_envs ...), so a round's results do
+    not depend on which other rounds ran: `done_rounds` are skipped (resume), and `on_round(r, records)` is called
+    as each round finishes (to write it down before the next starts).
+    Returns per-episode records of the rounds run here, the frames of the first `record` episodes, the rollout's
+    wall seconds (after the environments started) and the env steps taken.
     """
     from voltron.sim.env import SimEnv
     from voltron.sim.tasks import get_task
     from voltron.sim.vector import VectorSimEnv
 
     spec = get_task(task)
-    check_policy_fits_env(policy, len(spec.proprio_keys), 4, task)
+    env_lowdim = 39 if policy.lowdim == "state" else len(spec.proprio_keys)  # MetaWorld's state is 39-d
+    check_policy_fits_env(policy, env_lowdim, 4, task)
     horizon = int(horizon or spec.horizon)
+    if horizon < 1 or episodes < 1:
+        raise ValueError(f"horizon={horizon}, episodes={episodes}: both must be at least 1")
     num_envs = max(1, min(num_envs, episodes))
-    env_kwargs = dict(horizon=horizon, image_size=image_size, camera=policy.camera, terminate_on_success=True)
+    if not getattr(policy, "uses_images", True):
+        image_size, record = LOWDIM_IMAGE_SIZE, 0
+    camera = policy.camera if getattr(policy, "uses_images", True) else None
+    env_kwargs = dict(horizon=horizon, image_size=image_size, camera=camera, terminate_on_success=True)
+    rounds = [r for r in range(math.ceil(episodes / num_envs)) if r not in (done_rounds or set())]
     records: list[dict[str, Any]] = []
     videos: list[list[np.ndarray]] = [[] for _ in range(min(record, episodes))]
     steps_taken = 0
-    bar = tqdm(total=episodes, desc=f"eval {task}", unit="episode", disable=not progress)
+    if not rounds:
+        return records, [], 0.0, 0
+    run_episodes = sum(len(range(r * num_envs, min((r + 1) * num_envs, episodes))) for r in rounds)
+    bar = tqdm(total=run_episodes * horizon, desc=f"eval {task}", unit="step", disable=not progress)
     if num_envs == 1:  # in-process: no worker to start (the serial baseline of bench/eval.py)
         env = SimEnv(task, **env_kwargs)
         step_fn, reset_fn, closer = (lambda a: _batched_step(env, a)), (lambda s: _batched_reset(env, s[0])), env.close
@@ -129,38 +183,55 @@ def rollout(
         vec = VectorSimEnv.from_task(task, num_envs, **env_kwargs)
         step_fn, reset_fn, closer = vec.step, vec.reset, vec.close
     start = time.perf_counter()  # rollouts only: worker start-up is not what steps/s measures
+    successes_so_far = 0
     try:
-        for first in range(0, episodes, num_envs):
-            ids = list(range(first, min(first + num_envs, episodes)))
+        for round_index in rounds:
+            ids = list(range(round_index * num_envs, min((round_index + 1) * num_envs, episodes)))
             seeds = [seed + i for i in ids] + [seed + ids[-1]] * (num_envs - len(ids))  # pad the last round
-            obs, _ = reset_fn(seeds)
+            obs, info = reset_fn(seeds)
             policy.reset()
             success = np.zeros(num_envs, dtype=bool)
             length = np.full(num_envs, horizon)
             done = np.zeros(num_envs, dtype=bool)
+            sum_reward = np.zeros(num_envs)
+            max_reward = np.full(num_envs, -np.inf)
+            round_steps = 0
             for t in range(horizon):
                 for slot, episode in enumerate(ids):
                     if episode < len(videos) and not done[slot]:
                         videos[episode].append(obs["image"][slot])
+                obs["state"] = info["state"]
                 actions = policy.select_action(obs)
-                obs, _, terminated, truncated, info = step_fn(actions)
-                steps_taken += int((~done[: len(ids)]).sum())
+                obs, reward, terminated, truncated, info = step_fn(actions)
+                active = ~done
+                steps_taken += int(active[: len(ids)].sum())
+                round_steps += int(active[: len(ids)].sum())
+                bar.update(int(active[: len(ids)].sum()))
+                sum_reward[active] += np.asarray(reward)[active]
+                max_reward[active] = np.maximum(max_reward[active], np.asarray(reward)[active])
                 newly = np.asarray(info["success"], dtype=bool) & ~success & ~done
                 length[newly] = t + 1
                 success |= newly
                 done |= np.asarray(terminated) | np.asarray(truncated)
                 if done[: len(ids)].all():
                     break
-            for slot, episode in enumerate(ids):
-                records.append(
-                    {
-                        "episode": episode,
-                        "seed": seed + episode,
-                        "success": bool(success[slot]),
-                        "length": int(length[slot]),
-                    }
-                )
-            bar.update(len(ids))
+            bar.update(len(ids) * horizon - round_steps)  # the bar counts each episode's full horizon
+            round_records = [
+                {
+                    "episode": episode,
+                    "seed": seed + episode,
+                    "success": bool(success[slot]),
+                    "length": int(length[slot]),
+                    "sum_reward": float(sum_reward[slot]),
+                    "max_reward": float(max_reward[slot]),
+                }  # fmt: skip
+                for slot, episode in enumerate(ids)
+            ]
+            records.extend(round_records)
+            successes_so_far += int(success[: len(ids)].sum())
+            bar.set_postfix(success=f"{successes_so_far}/{len(records)}")
+            if on_round is not None:
+                on_round(round_index, round_records)
     finally:
         bar.close()
         closer()
@@ -173,36 +244,115 @@ def _batch_of_one(obs: dict) -> dict:
 
 def _batched_reset(env: Any, seed: int) -> tuple[dict, dict]:
     obs, info = env.reset(seed=seed)
-    return _batch_of_one(obs), {"success": np.array([bool(info.get("success", False))])}
+    return _batch_of_one(obs), {"success": np.array([bool(info.get("success", False))]), "state": info["state"][None]}
 
 
 def _batched_step(env: Any, actions: np.ndarray) -> tuple:
     obs, reward, terminated, truncated, info = env.step(actions[0])
-    info = {"success": np.array([bool(info["success"])])}
-    return _batch_of_one(obs), np.array([reward]), np.array([terminated]), np.array([truncated]), info
+    info = {"success": np.array([bool(info["success"])]), "state": info["state"][None]}
+    rewards = np.array([reward], dtype=np.float32)  # as VectorSimEnv batches them
+    return _batch_of_one(obs), rewards, np.array([terminated]), np.array([truncated]), info
+
+
+def check_seeds(policy_dir: Path, seed: int, episodes: int, allow_overlap: bool) -> None:
+    """Refuse evaluation seeds that started one of the policy's demonstrations (the policy saw that scene)."""
+    meta = json.loads((policy_dir / "config.json").read_text())
+    demo_seeds = set(meta.get("training", {}).get("demo_seeds", []))
+    overlap = sorted(demo_seeds & set(range(seed, seed + episodes)))
+    if overlap and not allow_overlap:
+        raise ValueError(
+            f"evaluation seeds {seed}..{seed + episodes - 1} include {len(overlap)} seed(s) the policy's demos were "
+            f"collected with (e.g. {overlap[:5]}): those episodes replay training scenes. Use --seed {EVAL_SEED_OFFSET} "
+            "(the default) or pass --allow-seed-overlap"
+        )
+
+
+def _read_finished(path: Path, settings: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """Rounds already finished by an earlier (killed) run with the same settings, from its episodes.jsonl."""
+    if not path.is_file():
+        return {}
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rounds: dict[int, list[dict[str, Any]]] = {}
+    for number, line in enumerate(lines):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) - 1:
+                break  # a line cut short by a kill: that round runs again
+            raise ValueError(f"{path}: line {number + 1} is not JSON; expected one episode record per line") from None
+        if "settings" in entry:
+            if entry["settings"] != settings:
+                changed = sorted(k for k in settings if entry["settings"].get(k) != settings[k])
+                raise ValueError(
+                    f"{path} holds episodes of an evaluation with other settings ({', '.join(changed)} differ); "
+                    "pass another --out, or delete that file to start over"
+                )
+            continue
+        rounds.setdefault(int(entry["round"]), []).append(entry)
+    return rounds
 
 
 def evaluate(
     policy_dir: str | Path,
     task: str,
     episodes: int = 50,
-    seed: int = 0,
+    seed: int = EVAL_SEED_OFFSET,
     num_envs: int = 2,
     horizon: int | None = None,
     out_dir: str | Path | None = None,
     videos: int = 3,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    allow_seed_overlap: bool = False,
 ) -> EvalResult:
-    """Evaluate a saved policy on one task; writes results.json/.csv, a bar chart and captioned MP4s to `out_dir`."""
-    from voltron.datasets.video import write_video
-    from voltron.policy.model import load_policy
+    """Evaluate a saved policy on one task; writes episodes.jsonl (as it goes; a rerun resumes it), eval_info.json,
+    results.json/.csv, a bar chart and captioned MP4s to `out_dir`.
 
+    `checkpoint`: a `checkpoints/step_*.safetensors` file of the run, evaluated instead of the final weights.
+    """
+    from voltron.datasets.video import write_video
+    from voltron.policy.model import load_head_checkpoint, load_policy
+
+    if episodes < 1:
+        raise ValueError(f"episodes={episodes}: expected at least 1")
+    if horizon is not None and horizon < 1:
+        raise ValueError(f"horizon={horizon}: expected at least 1 step per episode")
+    policy_dir = Path(policy_dir)
+    check_seeds(policy_dir, seed, episodes, allow_seed_overlap)
     policy = load_policy(policy_dir)
-    out = Path(out_dir) if out_dir else Path(policy_dir) / "eval" / task
+    weights = policy_dir / "model.safetensors"
+    if checkpoint is not None:
+        load_head_checkpoint(policy, checkpoint)
+        weights = Path(checkpoint)
+    out = Path(out_dir) if out_dir else policy_dir / "eval" / task
+    horizon = int(horizon or _task_horizon(task))
     image_size = int(policy.image_size or 224)
+    num_envs = max(1, min(num_envs, episodes))
+    settings = {
+        "task": task, "episodes": episodes, "seed": seed, "num_envs": num_envs, "horizon": horizon,
+        "image_size": image_size if policy.uses_images else None, "camera": policy.camera if policy.uses_images else None,
+        "policy": str(policy_dir), "weights_sha256": _digest(weights), "mode": "eval", "terminate_on_success": True,
+    }  # fmt: skip
+    log_path = out / EPISODES_NAME
+    finished = _read_finished(log_path, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    if not log_path.is_file():
+        atomic_write_bytes(log_path, (json.dumps({"settings": settings}) + "\n").encode())
+    else:  # rewrite without a line a kill may have cut short, so appends start on a fresh line
+        kept = [json.dumps({"settings": settings})] + [json.dumps(r) for rs in finished.values() for r in rs]
+        atomic_write_bytes(log_path, ("\n".join(kept) + "\n").encode())
+
+    def on_round(round_index: int, round_records: list[dict[str, Any]]) -> None:
+        with open(log_path, "a") as log:  # one write per round: a kill loses at most the round in flight
+            log.write("".join(json.dumps({"round": round_index, **r}) + "\n" for r in round_records))
+            log.flush()
+
     records, frames, seconds, steps = rollout(
-        policy, task, episodes, seed, num_envs, horizon, image_size, record=videos, progress=progress
-    )
+        policy, task, episodes, seed, num_envs, horizon, image_size, record=videos, progress=progress,
+        done_rounds=set(finished), on_round=on_round,
+    )  # fmt: skip
+    records = sorted([*records, *(r for rs in finished.values() for r in rs)], key=lambda r: r["episode"])
+    records = [{k: v for k, v in r.items() if k != "round"} for r in records]
     successes = sum(r["success"] for r in records)
     low, high = wilson_interval(successes, len(records))
     result = EvalResult(
@@ -215,18 +365,23 @@ def evaluate(
         ci_high=high,
         mean_length=float(np.mean([r["length"] for r in records])),
         seed=seed,
-        horizon=int(horizon or _task_horizon(task)),
+        horizon=horizon,
         seconds=round(seconds, 2),
         env_steps_per_s=round(steps / max(seconds, 1e-9), 2),
         per_episode=records,
+        avg_sum_reward=float(np.mean([r["sum_reward"] for r in records])),
+        avg_max_reward=float(np.mean([r["max_reward"] for r in records])),
+        settings=settings,
     )
     for index, episode_frames in enumerate(frames):
+        if not episode_frames:
+            continue
         ok = records[index]["success"]
         text = f"{task} ep{index} seed {seed + index}: {'SUCCESS' if ok else 'FAIL'}"
         path = write_video(out / f"episode_{index:03d}.mp4", caption_frames(episode_frames, text, ok), fps=20)
         result.videos.append(str(path))
     write_results([result], out)
-    plot_success([result], out / "success.png", f"{Path(policy_dir).name}: {task}")
+    plot_success([result], out / "success.png", f"{policy_dir.name}: {task}")
     return result
 
 
@@ -236,14 +391,52 @@ def _task_horizon(task: str) -> int:
     return int(get_task(task).horizon)
 
 
+def _aggregate(results: list[EvalResult]) -> dict[str, Any]:
+    episodes = [e for r in results for e in r.per_episode]
+    successes = sum(e["success"] for e in episodes)
+    low, high = wilson_interval(successes, len(episodes))
+    seconds = sum(r.seconds for r in results)
+    return {
+        "pc_success": 100.0 * successes / max(len(episodes), 1),
+        "avg_sum_reward": float(np.mean([e["sum_reward"] for e in episodes])) if episodes else 0.0,
+        "avg_max_reward": float(np.mean([e["max_reward"] for e in episodes])) if episodes else 0.0,
+        "n_episodes": len(episodes),
+        "pc_success_ci95": [100.0 * low, 100.0 * high],  # Wilson score interval
+        "eval_s": seconds,
+        "eval_ep_s": seconds / max(len(episodes), 1),
+    }
+
+
+def eval_info(results: list[EvalResult]) -> dict[str, Any]:
+    """LeRobot's eval_info.json shape (`per_episode`, `aggregated`/`overall`, `per_task`, `video_paths`), plus the
+    Wilson interval, the code version and every evaluation setting."""
+    per_episode = [
+        {"episode_ix": e["episode"], "task": r.task, **{k: v for k, v in e.items() if k != "episode"}}
+        for r in results
+        for e in r.per_episode
+    ]
+    overall = _aggregate(results)
+    return {
+        "per_episode": per_episode,
+        "per_task": [{"task": r.task, "metrics": _aggregate([r])} for r in results],
+        "aggregated": overall,
+        "overall": overall,
+        "video_paths": [v for r in results for v in r.videos],
+        "settings": [r.settings for r in results],
+        "code_version": code_version(),
+    }
+
+
 def write_results(results: list[EvalResult], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", [asdict(r) for r in results])
+    atomic_write_json(out / "eval_info.json", eval_info(results))
     rows = [{"task": r.task, "policy": r.policy, **e} for r in results for e in r.per_episode]
     import io
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["task", "policy", "episode", "seed", "success", "length"])
+    fields = ["task", "policy", "episode", "seed", "success", "length", "sum_reward", "max_reward"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "results.csv", buffer.getvalue().encode())

@@ -1,64 +1,109 @@
-"""`voltron eval-suite`: demos -> one policy per (encoder, task, seed) -> evaluation -> one table and one chart.
+"""`voltron eval-suite`: the frozen-representation protocol (R3M / CortexBench) over a task suite, with reference rows.
 
-Every stage is cached on disk (demo files, policy run dirs, per-policy results.json), so re-running the suite
-only does what is missing. Evaluation seeds start at EVAL_SEED_OFFSET, disjoint from the demo seeds, so no
-evaluation episode starts where a demonstration did.
+For every task: scripted-expert demos (reset seeds from 0), then one policy per (row, demo count, seed), each
+evaluated at its intermediate checkpoints and at the end, then one table, a bar chart and a learning curve.
+
+Rows: a **state oracle** (BC on the simulator's privileged low-dim state: it checks that the harness can succeed;
+a task where it stays below `ORACLE_MIN` is reported as broken), a **proprio-only floor** (what a policy gets
+without looking at the image), then one row per encoder, shown with its margin over the floor.
+
+Every stage is cached on disk (demo files, policy run dirs, per-evaluation episodes.jsonl/results.json), so
+re-running the suite, or resuming it after a kill, only does what is missing. Evaluation seeds start at
+EVAL_SEED_OFFSET, disjoint from the demo seeds, so no evaluation episode starts where a demonstration did.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from voltron.io import atomic_write_bytes, atomic_write_json
-from voltron.policy.evaluate import EvalResult, evaluate, wilson_interval
+from voltron.policy.evaluate import EVAL_SEED_OFFSET, EvalResult, code_version, evaluate, wilson_interval
 
-EVAL_SEED_OFFSET = 100_000
+ORACLE_MIN = 0.8  # below this state-oracle success a task measures the harness, not the encoder
+ORACLE, FLOOR = "state oracle", "proprio only"
 
 
-def suite_tasks(name: str) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class SuiteSpec:
+    tasks: tuple[str, ...]
+    camera: str  # the default view, chosen from what it shows (see the README's evaluation section)
+
+
+def suite_spec(name: str) -> SuiteSpec:
     from voltron.sim.tasks import EVAL_TASKS
 
-    suites = {"metaworld5": EVAL_TASKS}
+    # MetaWorld: `corner3` sees the peg and nut (assembly), both bins (bin-picking), hammer and nail, drawer and
+    # button unoccluded; from `corner` the arm hides assembly's red peg, and `topview` shrinks them to a few pixels.
+    suites = {"metaworld5": SuiteSpec(EVAL_TASKS, "corner3")}
     if name not in suites:
         raise KeyError(f"unknown suite {name!r}; expected one of {sorted(suites)}")
     return suites[name]
 
 
+def suite_tasks(name: str) -> tuple[str, ...]:
+    return suite_spec(name).tasks
+
+
 @dataclass
 class SuiteOptions:
+    """The protocol; every field is written into results.json. Defaults follow R3M/CortexBench where they fit
+    this machine (see the README): 25 demos, 3 seeds, 50 final episodes, the task's 500-step horizon."""
+
     encoders: list[str]
     suite: str = "metaworld5"
     tasks: list[str] | None = None  # default: the suite's tasks
-    demos_per_task: int = 25
+    demos_per_task: list[int] = field(default_factory=lambda: [25])  # a sweep, e.g. [5, 10, 25]
     seeds: int = 3
-    episodes: int = 50
+    episodes: int = 50  # final evaluation episodes per policy
+    checkpoints: int = 4  # evaluations over training (the last is the final one); R3M/CortexBench report the best
+    checkpoint_episodes: int = 0  # episodes per intermediate evaluation; 0: as many as `episodes`
     out: str = "runs/eval-suite"
     num_envs: int = 2
-    horizon: int | None = None
-    steps: int = 2000
-    image_size: int = 224
+    horizon: int | None = None  # default: the task's (500 for MetaWorld)
+    steps: int = 4000
+    image_size: int = 112
+    camera: str | None = None  # default: the suite's
     labels: list[str] | None = None  # display names for the encoders (default: their ids or folder names)
     random_init: list[bool] | None = None  # per encoder: evaluate its architecture randomly initialised
+    references: bool = True  # the state-oracle and proprio-only rows
     train_overrides: list[str] = field(default_factory=list)
     progress: bool = True
 
 
 @dataclass
+class Row:
+    label: str
+    encoder: str  # "none" for the reference rows
+    random_init: bool = False
+    lowdim: str = "proprio"
+
+
+@dataclass
 class SuiteTable:
     tasks: list[str]
-    rows: dict[str, dict[str, dict[str, float]]]  # encoder label -> task (and "mean") -> rate, ci_low, ci_high, n
+    rows: dict[str, dict[str, dict[str, float]]]  # row label -> task (and "mean") -> rate, ci_low, ci_high, n, best
+    broken: list[str] = field(default_factory=list)  # tasks whose state oracle is below ORACLE_MIN
+    margins: dict[str, dict[str, float]] = field(default_factory=dict)  # row -> mean - floor mean, with a 95% CI
 
     def markdown(self) -> str:
-        header = "| encoder | " + " | ".join(self.tasks) + " | mean |"
-        lines = [header, "|" + "---|" * (len(self.tasks) + 2)]
+        heads = [f"{t} (broken: oracle < {ORACLE_MIN:.0%})" if t in self.broken else t for t in self.tasks]
+        header = "| policy | " + " | ".join(heads) + " | mean | best ckpt (mean) | vs proprio only |"
+        lines = [header, "|" + "---|" * (len(self.tasks) + 4)]
         for label, cells in self.rows.items():
             parts = [
                 f"{cells[t]['rate']:.0%} ({cells[t]['ci_low']:.0%}-{cells[t]['ci_high']:.0%})"
                 for t in [*self.tasks, "mean"]
             ]
+            parts.append(f"{cells['mean']['best']:.0%}")
+            margin = self.margins.get(label)
+            parts.append(
+                f"{margin['diff']:+.0%} ({margin['ci_low']:+.0%} to {margin['ci_high']:+.0%})" if margin else ""
+            )
             lines.append(f"| {label} | " + " | ".join(parts) + " |")
         return "\n".join(lines)
 
@@ -68,103 +113,227 @@ def encoder_label(encoder: str, random_init: bool) -> str:
     return f"{name} (random init)" if random_init else name
 
 
-def ensure_demos(task: str, count: int, out: Path, image_size: int, progress: bool) -> Path:
-    """Scripted-expert demos at the task's own horizon (the expert needs it; `horizon` only bounds evaluation)."""
+def ensure_demos(task: str, count: int, out: Path, image_size: int, camera: str, progress: bool) -> Path:
+    """Scripted-expert demos (reset seeds 0, 1, ...) at the task's own horizon, every one in the train split (a
+    demo-count sweep trains on the first N); they carry the simulator state for the state oracle."""
     from voltron.sim.collect import collect
 
-    path = out / "demos" / f"{task}.hdf5"
+    path = out / "demos" / f"{task}-{count}x{image_size}px-{camera}.hdf5"
     if not path.is_file():
-        collect(task, count, path, seed=0, image_size=image_size, progress=progress)
+        collect(task, count, path, seed=0, image_size=image_size, camera=camera, valid_fraction=0.0, progress=progress)
     return path
 
 
-def train_and_evaluate(
-    options: SuiteOptions, encoder: str, random_init: bool, task: str, seed: int, demos: Path, run: Path
-) -> EvalResult:
-    from voltron.policy.config import load_bc_config
-    from voltron.policy.train import train_policy
+def _load_result(path: Path) -> EvalResult | None:
+    return EvalResult(**json.loads(path.read_text())[0]) if path.is_file() else None
 
-    result_path = run / "eval" / "results.json"
-    if result_path.is_file():
-        return EvalResult(**json.loads(result_path.read_text())[0])
+
+def train_and_evaluate(
+    options: SuiteOptions, row: Row, task: str, n_demos: int, seed: int, demos: Path, run: Path, token_cache: dict
+) -> tuple[EvalResult, list[dict[str, Any]]]:
+    """The final evaluation, and the learning curve [{step, rate, episodes}] over the checkpoints."""
+    from voltron.policy.config import load_bc_config
+    from voltron.policy.train import CHECKPOINTS_DIR, train_policy
+
+    every = max(1, options.steps // max(1, options.checkpoints))
     if not (run / "model.safetensors").is_file():
         overrides = [
-            f"--policy.encoder={encoder}",
-            f"--policy.pretrained={str(not random_init).lower()}",
+            f"--policy.encoder={row.encoder}",
+            f"--policy.pretrained={str(not row.random_init).lower()}",
+            f"--policy.lowdim={row.lowdim}",
             f"--policy.seed={seed}",
             f"--train.steps={options.steps}",
+            f"--train.max_episodes={n_demos}",
+            f"--train.checkpoint_every={every if options.checkpoints > 1 else 0}",
             *options.train_overrides,
         ]
-        train_policy(load_bc_config(None, overrides), demos, run, progress=options.progress)
-    return evaluate(
-        run, task, options.episodes, EVAL_SEED_OFFSET + 1000 * seed, options.num_envs, options.horizon,
-        run / "eval", videos=2, progress=options.progress,
-    )  # fmt: skip
+        if row.random_init:  # the architecture at the rendered size (a pretrained encoder keeps its own)
+            overrides.append(f"--policy.encoder_overrides={{image_size: {options.image_size}}}")
+        train_policy(load_bc_config(None, overrides), demos, run, progress=options.progress, token_cache=token_cache)
+    eval_seed = EVAL_SEED_OFFSET + 1000 * seed
+    common = dict(num_envs=options.num_envs, horizon=options.horizon, progress=options.progress)
+    curve = []
+    for path in sorted((run / CHECKPOINTS_DIR).glob("step_*.safetensors")):
+        step = int(path.stem.removeprefix("step_"))
+        if step == options.steps:
+            continue  # the final weights: evaluated below with the full episode count
+        out = run / "eval" / path.stem
+        episodes = options.checkpoint_episodes or options.episodes
+        result = _load_result(out / "results.json") or evaluate(
+            run, task, episodes, eval_seed, out_dir=out, videos=0, checkpoint=path, **common
+        )
+        curve.append({"step": step, "rate": result.success_rate, "episodes": result.episodes})
+    final = _load_result(run / "eval" / "results.json") or evaluate(
+        run, task, options.episodes, eval_seed, out_dir=run / "eval", videos=2, **common
+    )
+    curve.append({"step": options.steps, "rate": final.success_rate, "episodes": final.episodes})
+    return final, curve
 
 
-def aggregate(results: list[EvalResult]) -> dict[str, float]:
-    """Pooled success over every episode of every seed, with its Wilson interval."""
+def aggregate(results: list[EvalResult], curves: list[list[dict[str, Any]]] | None = None) -> dict[str, float]:
+    """Pooled final success over every episode of every seed with its Wilson interval, and `best`: the mean over
+    seeds of each policy's best checkpoint (R3M's "max success over training")."""
     successes, trials = sum(r.successes for r in results), sum(r.episodes for r in results)
     low, high = wilson_interval(successes, trials)
-    return {"rate": successes / max(trials, 1), "ci_low": low, "ci_high": high, "n": trials}
+    cell = {"rate": successes / max(trials, 1), "ci_low": low, "ci_high": high, "n": trials}
+    if curves:
+        cell["best"] = sum(max(p["rate"] for p in curve) for curve in curves) / len(curves)
+    return cell
+
+
+def margin(cell: dict[str, float], floor: dict[str, float], z: float = 1.96) -> dict[str, float]:
+    """Difference of two pooled success rates with a 95% (Wald) interval."""
+    p, q = cell["rate"], floor["rate"]
+    half = z * math.sqrt(p * (1 - p) / max(cell["n"], 1) + q * (1 - q) / max(floor["n"], 1))
+    return {"diff": p - q, "ci_low": p - q - half, "ci_high": p - q + half}
+
+
+def suite_rows(options: SuiteOptions) -> list[Row]:
+    from voltron.policy.config import NO_ENCODER
+
+    randoms = options.random_init or [False] * len(options.encoders)
+    labels = options.labels or [encoder_label(e, r) for e, r in zip(options.encoders, randoms)]
+    rows = [Row(ORACLE, NO_ENCODER, lowdim="state"), Row(FLOOR, NO_ENCODER)] if options.references else []
+    rows += [Row(label, e, r) for e, r, label in zip(options.encoders, randoms, labels)]
+    names = [r.label for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"row labels must be distinct; got {names}")
+    return rows
 
 
 def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     out = Path(options.out)
-    tasks = list(options.tasks or suite_tasks(options.suite))
-    randoms = options.random_init or [False] * len(options.encoders)
-    labels = options.labels or [encoder_label(e, r) for e, r in zip(options.encoders, randoms)]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"encoder labels must be distinct; got {labels}")
-    rows: dict[str, dict[str, dict[str, float]]] = {}
-    all_results: dict[str, dict[str, list[EvalResult]]] = {}
-    for encoder, random_init, label in zip(options.encoders, randoms, labels):
-        rows[label], all_results[label] = {}, {}
-        for task in tasks:
-            demos = ensure_demos(task, options.demos_per_task, out, options.image_size, options.progress)
-            results = []
-            for seed in range(options.seeds):
-                run = out / "policies" / _slug(label) / task / f"seed{seed}"
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    results.append(train_and_evaluate(options, encoder, random_init, task, seed, demos, run))
-            rows[label][task] = aggregate(results)
-            all_results[label][task] = results
-        # every task has the same number of episodes, so the pooled rate is the mean of the task rates
-        rows[label]["mean"] = aggregate([r for t in tasks for r in all_results[label][t]])
-    table = SuiteTable(tasks, rows)
-    runs = {label: {t: [asdict(r) for r in rs] for t, rs in by_task.items()} for label, by_task in all_results.items()}
-    atomic_write_json(out / "results.json", {"tasks": tasks, "rows": rows, "runs": runs})
-    atomic_write_bytes(out / "results.md", (table.markdown() + "\n").encode())
+    spec = suite_spec(options.suite)
+    tasks = list(options.tasks or spec.tasks)
+    camera = options.camera or spec.camera
+    counts = sorted(set(options.demos_per_task))
+    if not counts or counts[0] < 1 or options.seeds < 1 or options.episodes < 1:
+        raise ValueError(
+            f"demos_per_task={options.demos_per_task}, seeds={options.seeds}, episodes={options.episodes}: "
+            "each must be at least 1"
+        )
+    rows = suite_rows(options)
+    labels = {
+        (row.label, n): row.label if len(counts) == 1 else f"{row.label}, {n} demos" for row in rows for n in counts
+    }
+    results: dict[str, dict[str, list[EvalResult]]] = {label: {} for label in labels.values()}
+    curves: dict[str, dict[str, list[list[dict[str, Any]]]]] = {label: {} for label in labels.values()}
+    for task in tasks:
+        demos = ensure_demos(task, counts[-1], out, options.image_size, camera, options.progress)
+        for row in rows:
+            token_cache: dict = {}  # one encoding of the demos serves every seed and demo count of this row
+            for n in counts:
+                label = labels[(row.label, n)]
+                for seed in range(options.seeds):
+                    run = out / "policies" / _slug(label) / task / f"seed{seed}"
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        final, curve = train_and_evaluate(options, row, task, n, seed, demos, run, token_cache)
+                    results[label].setdefault(task, []).append(final)
+                    curves[label].setdefault(task, []).append(curve)
+    table_rows = {
+        label: {
+            **{t: aggregate(results[label][t], curves[label][t]) for t in tasks},
+            # every task has the same number of episodes, so the pooled rate is the mean of the task rates
+            "mean": aggregate(
+                [r for t in tasks for r in results[label][t]], [c for t in tasks for c in curves[label][t]]
+            ),
+        }
+        for label in results
+    }
+    broken: list[str] = []
+    margins: dict[str, dict[str, float]] = {}
+    if options.references:
+        for n in counts:
+            oracle, floor = table_rows[labels[(ORACLE, n)]], table_rows[labels[(FLOOR, n)]]
+            broken += [t for t in tasks if oracle[t]["best"] < ORACLE_MIN and t not in broken]
+            for row in rows[2:]:
+                margins[labels[(row.label, n)]] = margin(table_rows[labels[(row.label, n)]]["mean"], floor["mean"])
+    table = SuiteTable(tasks, table_rows, broken, margins)
+    protocol = {**asdict(options), "camera": camera, "tasks": tasks, "oracle_min": ORACLE_MIN}
+    runs = {label: {t: [asdict(r) for r in rs] for t, rs in by_task.items()} for label, by_task in results.items()}
+    atomic_write_json(
+        out / "results.json",
+        {
+            "protocol": protocol, "code_version": code_version(), "tasks": tasks, "row_order": list(table_rows),
+            "rows": table_rows,
+            "broken_tasks": broken, "margins_vs_proprio_only": margins, "curves": curves, "runs": runs,
+        },
+    )  # fmt: skip
+    atomic_write_bytes(out / "results.md", (protocol_note(protocol) + "\n\n" + table.markdown() + "\n").encode())
     plot_suite(table, out / "success.png")
+    plot_curves(curves, out / "learning_curve.png")
     return table
+
+
+def protocol_note(protocol: dict[str, Any]) -> str:
+    episodes = protocol["checkpoint_episodes"] or protocol["episodes"]
+    return (
+        f"Protocol: {protocol['suite']} ({', '.join(protocol['tasks'])}), camera `{protocol['camera']}` at "
+        f"{protocol['image_size']} px, demos {protocol['demos_per_task']} per task, {protocol['seeds']} seed(s), "
+        f"{protocol['steps']} BC steps (cosine), final evaluation {protocol['episodes']} episodes per policy in "
+        f"eval mode on unseen seeds (from {EVAL_SEED_OFFSET}), horizon {protocol['horizon'] or 'the task'}'s. "
+        f"Cells: final checkpoint's success, pooled over seeds (95% Wilson interval). Best ckpt: R3M's max over "
+        f"{protocol['checkpoints']} evaluations during training ({episodes} episodes each), mean over tasks and seeds."
+    )
 
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def plot_suite(table: SuiteTable, path: Path) -> Path:
-    """Grouped bars: tasks (and the mean) on x, one bar per encoder, 95% intervals as error bars."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_suite(table: SuiteTable, path: Path) -> Path:
+    """Grouped bars: tasks (and the mean) on x, one bar per row, 95% intervals as error bars."""
     import numpy as np
 
+    plt = _pyplot()
     columns = [*table.tasks, "mean"]
     labels = list(table.rows)
     width = 0.8 / max(len(labels), 1)
-    fig, ax = plt.subplots(figsize=(1.5 * len(columns) + 2, 3.5))
+    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2, 3.8))
     for i, label in enumerate(labels):
         cells = [table.rows[label][c] for c in columns]
         x = np.arange(len(columns)) + (i - (len(labels) - 1) / 2) * width
         rates = [c["rate"] for c in cells]
         errors = [[c["rate"] - c["ci_low"] for c in cells], [c["ci_high"] - c["rate"] for c in cells]]
-        ax.bar(x, rates, width, yerr=errors, capsize=3, label=label)
-    ax.set_xticks(np.arange(len(columns)), columns, rotation=20, fontsize=8)
+        hatch = "//" if label.startswith((ORACLE, FLOOR)) else None
+        ax.bar(x, rates, width, yerr=errors, capsize=3, label=label, hatch=hatch)
+    names = [f"{c}\n(broken)" if c in table.broken else c for c in columns]
+    ax.set_xticks(np.arange(len(columns)), names, rotation=20, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("success rate (95% CI)")
+    ax.set_ylabel("final success (95% CI)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(curves: dict[str, dict[str, list[list[dict[str, Any]]]]], path: Path) -> Path:
+    """Success vs BC step per row: the mean over tasks and seeds at each evaluated checkpoint."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, by_task in curves.items():
+        points: dict[int, list[float]] = {}
+        for task_curves in by_task.values():
+            for curve in task_curves:
+                for point in curve:
+                    points.setdefault(point["step"], []).append(point["rate"])
+        steps = sorted(points)
+        ax.plot(steps, [sum(points[s]) / len(points[s]) for s in steps], marker="o", label=label)
+    ax.set_xlabel("behaviour-cloning step")
+    ax.set_ylabel("success (mean over tasks, seeds)")
+    ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
