@@ -26,6 +26,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from voltron.io import remove_stale_partials
+
 IMAGE_SUFFIX = "_image"
 FORMAT_NAME = "voltron-demos"
 FORMAT_VERSION = 1
@@ -106,20 +108,6 @@ def split_names(names: list[str], valid_fraction: float, seed: int) -> dict[str,
     return {"train": [names[i] for i in train], "valid": [names[i] for i in valid]}
 
 
-def _remove_stale_partials(path: Path) -> None:
-    """Delete temporary files that killed writers of `path` left behind (named .<name>.<pid>-*.partial)."""
-    for partial in path.parent.glob(f".{path.name}.*.partial"):
-        pid_text = partial.name[len(path.name) + 2 :].split("-", 1)[0]
-        if not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            partial.unlink(missing_ok=True)
-        except PermissionError:  # alive, owned by someone else
-            pass
-
-
 def write_demos(
     path: str | os.PathLike,
     episodes: Iterable[Episode],
@@ -140,7 +128,7 @@ def write_demos(
         raise ValueError(f"compression={compression!r}: expected 'gzip', 'lzf' or None")
     env_args_json = json.dumps(env_args, sort_keys=True)  # fail before any work if env_args is not JSON-able
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(path)
+    remove_stale_partials(path)  # what killed writers of `path` left (.<name>.<pid>-*.partial)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".partial", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

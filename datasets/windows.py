@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from voltron.datasets.demos import Episode
+from voltron.datasets.demos import DemoFormatError, Episode
 
 
 @dataclass
@@ -58,17 +58,36 @@ class WindowDataset(Dataset):
     with a frozen encoder can encode each frame once and index the cache with `frame_ids`.
     """
 
-    def __init__(self, episodes: Sequence[Episode], history: int = 1, camera: str | None = None):
+    def __init__(
+        self,
+        episodes: Sequence[Episode],
+        history: int = 1,
+        camera: str | None = None,
+        *,
+        images: bool = True,
+        source: object = None,
+    ):
+        """`images=False` for a low-dim policy: episodes need no camera then. `source` (the demos' file or folder)
+        only names where the episodes came from in error messages."""
+        where = f"{source}: " if source is not None else ""
         if not episodes:
-            raise ValueError("WindowDataset needs at least one episode")
+            raise ValueError(f"{where}no episodes; WindowDataset needs at least one")
         if history < 1:
             raise ValueError(f"history must be >= 1; got {history}")
         self.episodes, self.history = list(episodes), history
         cameras = sorted(self.episodes[0].images)
         self.camera = camera or (cameras[0] if cameras else None)
-        for index, episode in enumerate(self.episodes):
+        for index, episode in enumerate(self.episodes if images else []):
+            if not episode.images:
+                raise DemoFormatError(
+                    f"{where}episode {index} has no camera images; a policy with an image encoder needs them "
+                    "(a low-dim policy, --policy.encoder=none, does not)"
+                )
             if self.camera not in episode.images:
-                raise KeyError(f"episode {index} has no camera {self.camera!r}; it has {sorted(episode.images)}")
+                raise DemoFormatError(
+                    f"{where}episode {index} has no camera {self.camera!r}; it has {sorted(episode.images)}; "
+                    "expected one of those as policy.camera"
+                )
         dims = {(e.proprio.shape[1], e.actions.shape[1]) for e in self.episodes}
         if len(dims) != 1:
             raise ValueError(f"episodes disagree on (proprio, action) sizes: {sorted(dims)}")

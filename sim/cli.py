@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--task", required=True, help="task name, e.g. drawer-open (an unknown name lists them all)")
     collect.add_argument("--episodes", type=int, default=25, help="successful episodes to write (default 25)")
     collect.add_argument("--out", required=True, help="output .hdf5 path, e.g. demos/drawer-open.hdf5")
+    collect.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (once the new file is complete)"
+    )
     collect.add_argument("--action-noise", type=float, default=0.0, help="Gaussian action noise std (default 0)")
     collect.add_argument("--seed", type=int, default=0, help="attempt k resets with seed+k (default 0)")
     collect.add_argument("--camera", default=None, help="camera name (default: the task's, corner)")

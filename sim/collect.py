@@ -128,6 +128,10 @@ def collect(
     """Collect `n_episodes` successful expert demonstrations of `task` into the HDF5 file `out` (atomically)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes={n_episodes}: expected at least 1")
+    if image_size < 1:  # checked here: HDF5 would only fail at the first frame, with a chunk-size error
+        raise ValueError(f"image_size={image_size}: expected a positive number of pixels, e.g. 224")
+    if not 0.0 <= valid_fraction < 1.0:  # checked before rendering anything, not when the file is written
+        raise ValueError(f"valid_fraction={valid_fraction}: expected a value in [0, 1)")
     spec = get_task(task)
     stats = CollectStats()
     env = SimEnv(spec, camera=camera, image_size=image_size, horizon=horizon, multisamples=multisamples)
@@ -174,6 +178,13 @@ def main(args) -> int:
     """Handler for `voltron sim collect`."""
     from voltron.sim.tasks import UnknownTaskError
 
+    if Path(args.out).exists() and not getattr(args, "overwrite", False):
+        print(
+            f"error: {args.out} already exists; pass --overwrite to replace its demos (they stay until the new file "
+            "is complete), or choose another --out",
+            file=sys.stderr,
+        )
+        return 2
     try:
         path, stats = collect(
             args.task,

@@ -8,10 +8,13 @@ import importlib
 import importlib.util
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Any, TypeVar
 
 from voltron.errors import UserError, one_line
+from voltron.io import Terminated, terminate_like_interrupt
 
 # Bad input (missing or corrupt files, unknown names, wrong shapes, unreadable configs or bags) is reported as one
 # line naming the problem, exit status 2; set VOLTRON_DEBUG=1 for the traceback. UserError is a ValueError. Library
@@ -30,6 +33,7 @@ COMMAND_MODULES = (
     "voltron.policy.cli",  # train-policy, eval, eval-suite
     "voltron.ros.cli",  # ros serve, ros bag2demos
     "voltron.demo",  # demo
+    "voltron.packaged_configs",  # config list, config show
 )
 
 Config = TypeVar("Config")
@@ -62,10 +66,13 @@ def parse_config(config_class: type[Config], config_path: str | None = None, arg
     import draccus
     from draccus.utils import DecodingError, DraccusException, ParsingError
 
+    from voltron.packaged_configs import resolve_config_path
+
     args = list(args or [])
     path = _option_value(args, "config_path") or config_path
-    if path is not None and not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: config file not found")
+    if path is not None:  # a file, or the name of a config shipped with voltron (`voltron config list`)
+        path = config_path = resolve_config_path(path)
+        args = _without_option(args, "config_path")
     try:
         return draccus.parse(config_class, config_path=config_path, args=args, exit_on_error=False)
     except DecodingError as err:
@@ -113,6 +120,19 @@ def _option_value(args: list[str], key: str) -> str | None:
         if arg == f"--{key}":
             return args[index + 1] if index + 1 < len(args) else ""
     return None
+
+
+def _without_option(args: list[str], key: str) -> list[str]:
+    """`args` without `--key=value` / `--key value`."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == f"--{key}":
+            skip = True
+        elif not arg.startswith(f"--{key}="):
+            out.append(arg)
+    return out
 
 
 def _unknown_argument_error(err: Exception, config_class: type, args: list[str]) -> UserError:
@@ -180,17 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        terminate_like_interrupt()  # a job killed with SIGTERM cleans up as after Ctrl-C: no partial output
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return Terminated.exit_code if terminated else 130
     except Exception as err:
         if not is_user_error(err) or os.environ.get("VOLTRON_DEBUG"):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"voltron {args.command}: error: {one_line(message)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)  # main() called in-process (tests) leaves the caller's handler
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""Atomic file writes shared by every writer in voltron (checkpoints, stores, corpora, configs); no torch import."""
+"""Atomic file writes shared by every writer in voltron (checkpoints, stores, corpora, configs), and SIGTERM handled
+like Ctrl-C so a writer's clean-up runs; no torch import."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +41,44 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def remove_stale_partials(path: str | os.PathLike) -> None:
+    """Delete what killed writers of `path` left beside it: files or folders named `.<name>.<pid>-*.partial` whose
+    process no longer exists (a live writer's are left alone)."""
+    path = Path(path)
+    for partial in path.parent.glob(f".{path.name}.*{PARTIAL_SUFFIX}"):
+        pid_text = partial.name[len(path.name) + 2 :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            if partial.is_dir() and not partial.is_symlink():
+                shutil.rmtree(partial, ignore_errors=True)
+            else:
+                partial.unlink(missing_ok=True)
+        except PermissionError:  # alive, owned by someone else
+            pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised like Ctrl-C's KeyboardInterrupt, so `finally`/`except BaseException` clean-ups run
+    (a temporary file removed, the previous output left as it was) before the process exits."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def terminate_like_interrupt() -> None:
+    """Make SIGTERM raise `Terminated` in this (main) process. Child processes forked later inherit the handler, so
+    in them it restores the default action and re-sends the signal: a worker still dies at once, as before."""
+    main_pid = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)

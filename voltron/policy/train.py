@@ -4,8 +4,12 @@ extractor and head train on the cache in seconds; with fine-tuning each batch go
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -17,8 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from voltron.datasets.windows import NormStats, WindowDataset
-from voltron.io import atomic_write_bytes
-from voltron.policy.config import BCConfig
+from voltron.errors import UserError
+from voltron.io import PARTIAL_SUFFIX, atomic_write_bytes, remove_stale_partials
+from voltron.models.checkpoints import CONFIG_NAME, WEIGHTS_NAME
+from voltron.policy.config import NO_ENCODER, BCConfig
 from voltron.policy.model import BCPolicy, build_encoder
 
 
@@ -112,26 +118,44 @@ def calibrate(
 
 
 def load_split(demos: Any, split: str, required: bool) -> list:
-    from voltron.datasets.episodes import load_episodes
+    """The `split` episodes of `demos`. Only a native file without `/mask/<split>` is tolerated, and only when the
+    split is not `required`: a warning, and no episodes from that file. Anything else wrong with a file (a dataset
+    of the wrong length, a missing group) is an error naming the file and the dataset."""
+    from voltron.datasets.demos import DemoFile
+    from voltron.datasets.episodes import load_episodes, resolve_sources
 
-    try:
-        return load_episodes(demos, split=split)
-    except KeyError as err:  # a file without that mask/<split>
-        if required:
-            raise
-        warnings.warn(f"{demos}: no {split!r} split ({err}); training without validation", stacklevel=2)
-        return []
+    if not required:
+        resolved = resolve_sources(demos)
+        sources, lacking = [source.path for source in resolved], []
+        for source in resolved:
+            if source.kind == "native":  # DROID folders have every split (a hash of the episode id)
+                with DemoFile(source.path) as demo_file:
+                    if split not in demo_file.splits:
+                        lacking.append(source.path)
+        if lacking:
+            kept = [source for source in sources if source not in lacking]
+            effect = "training without validation" if not kept else f"validating on the {split!r} split of the rest"
+            names = ", ".join(str(path) for path in lacking)
+            warnings.warn(f"{names}: no {split!r} split (/mask/{split}); {effect}", stacklevel=2)
+            if not kept:
+                return []
+            demos = kept
+    return load_episodes(demos, split=split)
 
 
-def lowdim_episodes(episodes: list, key: str, demos: Any) -> list:
+def lowdim_episodes(episodes: list, key: str, demos: Any, split: str | None = None) -> list:
     """The episodes with the head's low-dim input in `proprio`: unchanged for "proprio", the simulator state for
-    "state" (a state oracle); every value is checked finite so bad data fails here, naming the episode and step."""
+    "state" (a state oracle); every value is checked finite so bad data fails here, naming the episode and step
+    (`split`: which split `episodes` are, for the message)."""
     out = []
     for index, episode in enumerate(episodes):
+        where = f"{split!r} split episode {index}" if split else f"episode {index}"
+        origin = episode.attrs.get("source") or (f"seed {episode.attrs['seed']}" if "seed" in episode.attrs else "")
+        where += f" ({origin})" if origin else ""
         if key == "state":
             if episode.state is None:
                 raise ValueError(
-                    f"{demos}: episode {index} has no obs/state; a state oracle (policy.lowdim=state) needs demos "
+                    f"{demos}: {where} has no obs/state; a state oracle (policy.lowdim=state) needs demos "
                     "collected with the simulator state (voltron sim collect writes it)"
                 )
             episode = dataclasses.replace(episode, proprio=episode.state)
@@ -139,8 +163,8 @@ def lowdim_episodes(episodes: list, key: str, demos: Any) -> list:
             bad = np.argwhere(~np.isfinite(np.asarray(getattr(episode, name))))
             if len(bad):
                 raise ValueError(
-                    f"{demos}: episode {index} ({episode.attrs.get('source', 'seed ' + str(episode.attrs.get('seed')))})"
-                    f" has a non-finite {name} value at step {int(bad[0][0])}; expected finite numbers"
+                    f"{demos}: {where} has a non-finite {name} value at step {int(bad[0][0])} of {len(episode)}; "
+                    "expected finite numbers"
                 )
         out.append(episode)
     return out
@@ -159,6 +183,20 @@ def lr_factor(step: int, steps: int, warmup: int, schedule: str) -> float:
 TokenCache = dict  # (encoder key, demos, split, camera) -> (tokens, masks): frozen-encoder tokens shared by runs
 
 CHECKPOINTS_DIR = "checkpoints"
+METRICS_NAME = "metrics.jsonl"
+POLICY_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+# What a run writes into its directory, in the order a replacing run moves it in: the policy itself last.
+RUN_OUTPUTS = (CHECKPOINTS_DIR, METRICS_NAME, *POLICY_FILES)
+
+
+def holds_policy(out_dir: str | Path) -> bool:
+    """Whether `out_dir` already holds a saved policy (its config.json or model.safetensors)."""
+    return any((Path(out_dir) / name).exists() for name in POLICY_FILES)
+
+
+def finite_or_none(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with non-finite floats as None, so metrics.jsonl and config.json stay strict JSON (no bare NaN)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 def train_policy(
@@ -167,6 +205,7 @@ def train_policy(
     out_dir: str | Path,
     progress: bool = True,
     token_cache: TokenCache | None = None,
+    overwrite: bool | None = None,
 ) -> dict[str, Any]:
     """Train a policy on `demos` (anything `voltron.datasets.episodes.load_episodes` reads) and save it to
     `out_dir` (config.json, model.safetensors, metrics.jsonl, and checkpoints/step_*.safetensors every
@@ -174,9 +213,58 @@ def train_policy(
 
     `token_cache`: a dict that keeps frozen-encoder tokens between calls (a suite trains several seeds and demo
     counts on the same demos), so each demo frame is encoded once.
+
+    `overwrite` decides what happens when `out_dir` already holds a policy. None (the default): write into it as
+    it goes. False: refuse (UserError) before any work. True: train in a hidden sibling folder and move the new
+    run's files in only once its policy is saved, so a run that is killed or fails leaves the old one whole;
+    files the run does not own (e.g. eval/) stay.
     """
+    from voltron.datasets.episodes import resolve_sources
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite is None or not holds_policy(out_dir):
+        return _train(config, demos, out_dir, progress, token_cache)
+    resolve_sources(demos)  # a missing demo file is the first thing to report, before the output's state
+    if not overwrite:
+        raise UserError(
+            "already holds a policy (config.json, model.safetensors); pass --overwrite to replace it "
+            "(the old files stay until the new policy is saved), or choose another --out",
+            source=out_dir,
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}-", suffix=PARTIAL_SUFFIX, dir=out_dir.parent)
+    )
+    try:
+        summary = _train(config, demos, staging, progress, token_cache)
+        _move_run(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _move_run(staging: Path, out_dir: Path) -> None:
+    """Replace the run outputs in `out_dir` with those in `staging`, the policy files last."""
+    replaced = staging / ".replaced"
+    replaced.mkdir()
+    for name in RUN_OUTPUTS:
+        new, old = staging / name, out_dir / name
+        if old.is_dir() and not old.is_symlink():  # a directory cannot be renamed over a non-empty one
+            os.replace(old, replaced / name)
+        if new.exists():
+            os.replace(new, old)
+        elif old.exists() or old.is_symlink():  # e.g. no checkpoints this time: the old ones are not this run's
+            os.replace(old, replaced / name)
+
+
+def _train(
+    config: BCConfig,
+    demos: str | Path | Sequence[str | Path],
+    out_dir: Path,
+    progress: bool,
+    token_cache: TokenCache | None,
+) -> dict[str, Any]:
     policy_cfg, train_cfg = config.policy, config.train
     torch.manual_seed(policy_cfg.seed)
     device = resolve_device(train_cfg.device)
@@ -184,8 +272,11 @@ def train_policy(
     if encoder_path.is_dir():  # a run directory: record where it is, whatever the working directory later
         policy_cfg.encoder = str(encoder_path.resolve())
 
-    train_episodes = lowdim_episodes(load_split(demos, train_cfg.train_split, True), policy_cfg.lowdim, demos)
-    all_train = WindowDataset(train_episodes, policy_cfg.history, policy_cfg.camera)
+    train_split, valid_split = train_cfg.train_split, train_cfg.valid_split
+    train_episodes = lowdim_episodes(load_split(demos, train_split, True), policy_cfg.lowdim, demos, train_split)
+    images = policy_cfg.encoder != NO_ENCODER  # a low-dim policy needs no camera
+    windows = functools.partial(WindowDataset, history=policy_cfg.history, images=images, source=demos)
+    all_train = windows(train_episodes, camera=policy_cfg.camera)
     policy_cfg.camera = all_train.camera
     if train_cfg.max_episodes:
         if train_cfg.max_episodes > len(train_episodes):
@@ -194,9 +285,9 @@ def train_policy(
                 f"{train_cfg.train_split!r} episodes"
             )
         train_episodes = train_episodes[: train_cfg.max_episodes]
-    train_windows = WindowDataset(train_episodes, policy_cfg.history, policy_cfg.camera)
-    valid_episodes = lowdim_episodes(load_split(demos, train_cfg.valid_split, False), policy_cfg.lowdim, demos)
-    valid_windows = WindowDataset(valid_episodes, policy_cfg.history, policy_cfg.camera) if valid_episodes else None
+    train_windows = windows(train_episodes, camera=policy_cfg.camera)
+    valid_episodes = lowdim_episodes(load_split(demos, valid_split, False), policy_cfg.lowdim, demos, valid_split)
+    valid_windows = windows(valid_episodes, camera=policy_cfg.camera) if valid_episodes else None
 
     encoder = build_encoder(policy_cfg)
     policy = BCPolicy(
@@ -247,10 +338,11 @@ def train_policy(
         path = out_dir / CHECKPOINTS_DIR / f"step_{step:06d}.safetensors"
         atomic_write_bytes(path, save(policy.head_state_dict(), metadata={"step": str(step)}))
 
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad demos or a bad encoder leave no folder behind
     policy.train()
     history: list[dict[str, Any]] = []
     valid = None
-    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path = out_dir / METRICS_NAME
     with open(metrics_path, "w") as log:
         bar = tqdm(range(1, train_cfg.steps + 1), desc="training policy", unit="step", disable=not progress)
         for step in bar:
@@ -259,12 +351,20 @@ def train_policy(
             )
             loss, info = policy(make_batch(train_windows, index, train_cache, policy.uses_images))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"policy loss became {float(loss)} at step {step}; lower train.lr")
+                raise UserError(  # nothing is saved: metrics.jsonl ends at the last finite step
+                    f"the policy loss became {float(loss)} at step {step}; lower it",
+                    key="train.lr",
+                    value=train_cfg.lr,
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            record = {"step": step, "loss": float(loss), **{k: float(v) for k, v in info.items()}}
+            record = {
+                "step": step,
+                "loss": float(loss.detach()),
+                **{k: float(torch.as_tensor(v).detach()) for k, v in info.items()},
+            }
             record["lr"] = optimizer.param_groups[0]["lr"]
             if valid_windows is not None and (step % train_cfg.valid_every == 0 or step == train_cfg.steps):
                 calibrate(policy, train_windows, train_cache, train_cfg.batch_size)
@@ -273,7 +373,7 @@ def train_policy(
             if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0 and step != train_cfg.steps:
                 save_checkpoint(step)
             if step % train_cfg.log_every == 0 or step == train_cfg.steps or "valid_loss" in record:
-                log.write(json.dumps(record) + "\n")
+                log.write(json.dumps(finite_or_none(record)) + "\n")
                 log.flush()
                 history.append(record)
                 bar.set_postfix(
@@ -297,5 +397,6 @@ def train_policy(
         "train_loss_eval_mode": validation_loss(policy, train_windows, train_cache, train_cfg.batch_size),
         "final_valid_loss": valid,
     }
+    summary = finite_or_none(summary)
     policy.save_pretrained(out_dir, extra={"training": summary})
     return summary
