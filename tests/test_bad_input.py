@@ -17,7 +17,9 @@ import torch
 from voltron.cli import closest_key, parse_config
 from voltron.errors import UserError
 from voltron.models.registry import build_model
-from voltron.policy.config import BCConfig
+from voltron.policy.config import BCConfig, load_bc_config
+from voltron.policy.train import finite_or_none, load_split
+from voltron.policy.train import train_policy as train_policy_api
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBOT = str(ROOT / "configs" / "robots" / "generic.yaml")
@@ -41,11 +43,49 @@ def workspace(tmp_path_factory) -> Path:
     frames, zeros = np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 3), np.float32)
     episodes = [Episode({"cam": frames}, zeros, zeros, "open the drawer") for _ in range(2)]
     write_demos(root / "demos.hdf5", episodes, {"env_name": "test"}, valid_fraction=0.5)
+    damage_demos(root)
+    policy = root / "policy"  # a real (low-dim, 2-step) policy: train-policy must not overwrite it unasked
+    summary = train_policy_api(load_bc_config(None, ["--policy.encoder=none", "--train.steps=2"]), root / "demos.hdf5",
+                               policy, progress=False)  # fmt: skip
+    assert summary["valid_episodes"] == 1
+    (root / "nostats").mkdir()
+    meta = json.loads((policy / "config.json").read_text())
+    del meta["action_stats"]
+    (root / "nostats" / "config.json").write_text(json.dumps(meta))
+    (root / "nostats" / "model.safetensors").write_bytes((policy / "model.safetensors").read_bytes())
     return root
 
 
-def train_policy(encoder: str, *extra: str) -> list[str]:
-    return ["train-policy", "--demos", "demos.hdf5", "--encoder", encoder, "--out", "run", "--no-progress", *extra]
+def damage_demos(root: Path) -> None:
+    """Copies of demos.hdf5 (episode demo_1 in mask/train, demo_0 in mask/valid) with one thing wrong each."""
+    import h5py
+
+    with h5py.File(root / "demos.hdf5") as demos:
+        valid = demos["mask/valid"][()][0].decode()
+        train = demos["mask/train"][()][0].decode()
+    assert (train, valid) == ("demo_1", "demo_0")
+
+    def copy(name: str) -> h5py.File:
+        (root / name).write_bytes((root / "demos.hdf5").read_bytes())
+        return h5py.File(root / name, "a")
+
+    with copy("mismatch.hdf5") as demos:  # a valid-split episode with one action more than observations
+        del demos[f"data/{valid}/actions"]
+        demos[f"data/{valid}/actions"] = np.zeros((5, 3), np.float32)
+    for name, demo in (("nan-train.hdf5", train), ("nan-valid.hdf5", valid)):
+        with copy(name) as demos:
+            demos[f"data/{demo}/obs/proprio"][2, 1] = np.nan
+    with copy("noimages.hdf5") as demos:  # demos from a source without cameras
+        for demo in ("demo_0", "demo_1"):
+            del demos[f"data/{demo}/obs/cam_image"]
+
+
+def train_policy(encoder: str, *extra: str, demos: str = "demos.hdf5", out: str = "run") -> list[str]:
+    return ["train-policy", "--demos", demos, "--encoder", encoder, "--out", out, "--no-progress", *extra]
+
+
+def collect(*extra: str, out: str = "new.hdf5") -> list[str]:
+    return ["sim", "collect", "--task", "reach", "--episodes", "1", "--out", out, "--no-progress", *extra]
 
 
 # (command line, words the one-line message must contain); paths are relative to the workspace.
@@ -86,6 +126,44 @@ CASES = {
     "unknown robot config key": (
         ["ros", "bag2demos", "notabag.bag", "--robot", ROBOT, "--out", "out.hdf5", "--set", "safety.watchdogms=3"],
         ["'safety.watchdogms'", "did you mean 'safety.watchdog_ms'"],
+    ),
+    # Silent wrong results, now refused
+    "valid-split episode with obs and actions of different lengths": (
+        train_policy("none", demos="mismatch.hdf5"),
+        ["mismatch.hdf5", "/data/demo_0/actions", "expected 4 steps"],
+    ),
+    "NaN in a train-split episode": (
+        train_policy("none", demos="nan-train.hdf5"),
+        ["nan-train.hdf5", "'train' split episode 0", "non-finite proprio", "step 2"],
+    ),
+    "NaN in a valid-split episode": (
+        train_policy("none", demos="nan-valid.hdf5"),
+        ["nan-valid.hdf5", "'valid' split episode 0", "non-finite proprio", "step 2"],
+    ),
+    "train-policy zero steps": (train_policy("none", "--train.steps=0"), ["train.steps=0", "expected at least 1"]),
+    # Data that would have been lost or overwritten
+    "train-policy into a run that holds a policy": (
+        train_policy("none", out="policy"),
+        ["policy", "already holds a policy", "--overwrite"],
+    ),
+    "sim collect onto existing demos": (collect(out="out.hdf5"), ["out.hdf5", "already exists", "--overwrite"]),
+    # Misleading messages
+    "eval negative horizon": (
+        ["eval", "--policy", "policy", "--task", "reach", "--horizon", "-1"],
+        ["horizon=-1", "expected at least 1"],
+    ),
+    "policy config.json without action_stats": (
+        ["eval", "--policy", "nostats", "--task", "reach"],
+        ["nostats/config.json", "missing key 'action_stats'"],
+    ),
+    "image policy on demos without images": (
+        train_policy("r-mvp-tiny", demos="noimages.hdf5"),
+        ["noimages.hdf5", "no camera images", "--policy.encoder=none"],
+    ),
+    "sim collect zero image size": (collect("--image-size", "0"), ["image_size=0", "expected a positive"]),
+    "pretrain without its data": (
+        ["pretrain", "--config", "v-cond", "--data.root=no-data"],
+        ["data.root='no-data'", "no such directory", "voltron preprocess"],
     ),
 }
 
@@ -153,3 +231,60 @@ def test_preprocess_refuses_0_255_floats():
     as_uint8 = preprocess((frames * 255).round().to(torch.uint8))
     assert torch.allclose(as_floats, as_uint8, atol=0.05)
     preprocess((frames * 1.005).clamp(max=1.005))  # resampling overshoot within the tolerance is fine
+
+
+def test_pretrain_names_the_offline_language_model_before_loading_anything(workspace, tmp_path):
+    """The README's paper config on a fresh install: distilbert-base-uncased is not on disk, and nothing is
+    downloaded, so the run stops at once and says what to pass instead."""
+    (tmp_path / "store").mkdir()  # exists, so the language model is the first thing missing
+    empty_cache = {"HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "1"}
+    args = ["pretrain", "--config", "v-cond", f"--data.root={tmp_path / 'store'}"]
+    result = run_voltron(args, workspace, **empty_cache)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    for word in ("'distilbert-base-uncased'", "not available offline", "--model.language_model=minilm"):
+        assert word in lines[0], lines[0]
+    assert not (workspace / "runs").exists()
+
+
+def test_packaged_configs_list_show_and_resolve_by_name(workspace):
+    from voltron.packaged_configs import packaged_configs, resolve_config_path
+    from voltron.pretrain.config import load_config
+
+    listing = run_voltron(["config", "list"], workspace)
+    assert listing.returncode == 0 and "pretrain/v-cond " in listing.stdout and "robots/franka" in listing.stdout
+    shown = run_voltron(["config", "show", "v-cond"], workspace)
+    assert shown.returncode == 0 and shown.stdout == (ROOT / "configs" / "pretrain" / "v-cond.yaml").read_text()
+    assert set(packaged_configs()) >= {"pretrain/v-cond", "pretrain/demo", "robots/generic"}
+    assert resolve_config_path("pretrain/v-dual") == resolve_config_path("v-dual")
+    by_name, by_path = load_config("v-cond"), load_config(ROOT / "configs" / "pretrain" / "v-cond.yaml")
+    assert by_name == by_path and by_name.model.language_model == "distilbert-base-uncased"  # the paper's value
+    missing = run_voltron(["config", "show", "v-nope"], workspace)
+    assert missing.returncode == 2 and "voltron config list" in missing.stderr
+
+
+def test_a_missing_valid_split_is_only_a_warning(workspace, tmp_path):
+    import h5py
+
+    demos = tmp_path / "train-only.hdf5"
+    demos.write_bytes((workspace / "demos.hdf5").read_bytes())
+    with h5py.File(demos, "a") as handle:
+        del handle["mask/valid"]
+    with pytest.warns(UserWarning, match=r"train-only.hdf5: no 'valid' split.*training without validation"):
+        assert load_split(demos, "valid", required=False) == []
+    with pytest.raises(KeyError, match="unknown split 'valid'"):
+        load_split(demos, "valid", required=True)
+    with pytest.raises(KeyError, match=r"mismatch.hdf5: /data/demo_0/actions has shape \(5, 3\)"):
+        load_split(workspace / "mismatch.hdf5", "valid", required=False)
+
+
+def test_low_dim_policy_trains_on_demos_without_images_and_metrics_are_strict_json(workspace, tmp_path):
+    config = load_bc_config(None, ["--policy.encoder=none", "--train.steps=3", "--train.log_every=1"])
+    train_policy_api(config, workspace / "noimages.hdf5", tmp_path / "run", progress=False)
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl"))
+    assert finite_or_none({"loss": float("nan"), "lr": float("inf"), "step": 3}) == {
+        "loss": None,
+        "lr": None,
+        "step": 3,
+    }

@@ -32,13 +32,14 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The whole command: parse `--config` and overrides, train, and turn expected failures into messages."""
-    from voltron.pretrain.config import parse_args
+    from voltron.pretrain.config import check_inputs_offline, parse_args
     from voltron.pretrain.trainer import NonFiniteLossError, PretrainError, pretrain
 
     argv = sys.argv[1:] if argv is None else argv
     try:
         config = parse_args(argv)
-    except FileNotFoundError as err:
+        check_inputs_offline(config)  # a missing store or language model fails here, before any loading
+    except (FileNotFoundError, PretrainError) as err:
         print(f"voltron pretrain: error: {err}", file=sys.stderr)
         return 2
     except SystemExit as err:  # draccus/argparse already printed help or the usage error

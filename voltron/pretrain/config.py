@@ -172,6 +172,40 @@ def validate(config: PretrainConfig) -> None:
         raise PretrainError(str(err)) from None
 
 
+def check_inputs_offline(config: PretrainConfig) -> None:
+    """Before any data or model is loaded: the store folder exists, and the language model (for the objectives that
+    use one) is on disk, since nothing is downloaded at run time. The paper configs name distilbert-base-uncased,
+    which a fresh install does not have."""
+    from voltron.models.language import MINILM_ALIAS
+    from voltron.models.registry import FAMILIES, default_config
+
+    root = Path(config.data.root)
+    if not root.is_dir():
+        raise PretrainError(
+            f"data.root={config.data.root!r}: no such directory; expected a store written by "
+            f"`voltron preprocess ... --out {config.data.root}` (or set --data.root=DIR)"
+        )
+    validate(config)
+    model_config = default_config(config.model.name, **config.model.config_overrides())
+    if not FAMILIES[model_config.family].model_class.uses_language:
+        return
+    name = model_config.language_model
+    if name == MINILM_ALIAS or os.path.isdir(os.path.expanduser(name)):
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid hub id either (e.g. a local path that does not exist)
+        cached = None
+    if not isinstance(cached, str):
+        raise PretrainError(
+            f"model.language_model={name!r}: not available offline (not a local directory, not in the Hugging Face "
+            f"cache, and nothing is downloaded at run time); pass --model.language_model={MINILM_ALIAS} (the "
+            "embedded offline model, same BERT-uncased vocabulary) or a local directory holding the model"
+        )
+
+
 CONFIG_FILE = "pretrain.yaml"  # the fully resolved config, written next to the run's checkpoints
 
 # Keys that may differ between a run and its resume: how long to run, where to log, how to execute.
@@ -203,10 +237,8 @@ def parse_args(args: list[str] | None = None) -> PretrainConfig:
         elif arg.startswith("--config="):
             arg = "--config_path=" + arg.split("=", 1)[1]
         argv.append(arg)
-    for index, arg in enumerate(argv):
-        if arg == "--config_path" and index + 1 < len(argv) and not Path(argv[index + 1]).is_file():
-            raise FileNotFoundError(f"pretraining config {argv[index + 1]!r} not found")
-    from voltron.cli import parse_config  # the one config path: its errors name the file, key and value
+    # the one config path: its errors name the file, key and value; `--config v-cond` names a packaged config
+    from voltron.cli import parse_config
 
     return parse_config(PretrainConfig, args=argv)
 
