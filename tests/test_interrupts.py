@@ -4,6 +4,7 @@ no partial file under the final name, the previous output intact, and a rerun th
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -129,3 +130,26 @@ def test_sigterm_during_train_policy_overwrite_keeps_the_previous_run(demos, tmp
     assert after[Path("model.safetensors")] != before[Path("model.safetensors")]
     assert not (run / "checkpoints").exists()  # the old run's snapshots do not pass for the new run's
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3 and not list(tmp_path.glob(".run.*"))
+
+
+def test_sigterm_during_eval_resumes_to_the_same_episodes(tmp_path):
+    from voltron.sim.collect import collect
+
+    demos, _ = collect("reach", 2, tmp_path / "reach.hdf5", image_size=32, valid_fraction=0.0, progress=False)
+    policy = tmp_path / "policy"
+    train_policy(load_bc_config(None, ["--policy.encoder=none", "--train.steps=2"]), demos, policy, progress=False)
+    args = ["eval", "--policy", str(policy), "--task", "reach", "--episodes", "4", "--num-envs", "1"]
+    args += ["--horizon", "15", "--videos", "0", "--no-progress"]
+    log = tmp_path / "killed" / "episodes.jsonl"
+    started = lambda: log.is_file() and len(log.read_text().splitlines()) >= 3  # noqa: E731  settings + 2 episodes
+    code, err = kill_once(
+        voltron([*args, "--out", str(tmp_path / "killed")], tmp_path), started, signal.SIGTERM, "eval"
+    )
+    assert code == 128 + signal.SIGTERM and err.strip().splitlines()[-1] == "terminated", err[-2000:]
+    assert "Traceback" not in err and 3 <= len(log.read_text().splitlines()) < 5, "the signal should land mid-eval"
+    kept = [json.loads(line) for line in log.read_text().splitlines()[1:]]  # every line whole: strict JSON
+    code, err = finish(voltron([*args, "--out", str(tmp_path / "killed")], tmp_path))  # resumes (see test_policy)
+    assert code == 0, err[-2000:]
+    resumed = json.loads((tmp_path / "killed" / "results.json").read_text())[0]["per_episode"]
+    assert [e["episode"] for e in resumed] == [0, 1, 2, 3]
+    assert [{k: v for k, v in e.items() if k != "round"} for e in kept] == resumed[: len(kept)]
