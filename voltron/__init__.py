@@ -29,7 +29,13 @@ def available_models() -> list[str]:
 
 
 def load(
-    name_or_dir: str | os.PathLike, device: str = "cpu", freeze: bool = True, pretrained: bool = True, **overrides
+    name_or_dir: str | os.PathLike,
+    device: str = "cpu",
+    freeze: bool = True,
+    pretrained: bool = True,
+    precision: str = "fp32",
+    backend: str = "eager",
+    **overrides,
 ):
     """Return `(model, preprocess)` for a registered model id or a checkpoint directory.
 
@@ -39,6 +45,10 @@ def load(
       or stops with an error saying where to put them. `pretrained=False` gives a randomly initialised model
       (with a warning); `overrides` then change config fields, e.g. image_size=64.
     - `freeze=True` puts the model in eval mode with no trainable parameters.
+    - `precision` ("fp32", "bf16", "int8" or "auto") and `backend` ("eager", "compile", "onnxruntime" or "auto")
+      choose an inference path for a frozen model (voltron.models.inference). Anything but fp32/eager returns an
+      `InferenceEncoder`: the same forward contract, the module as `.model`, the path and its measured token error
+      against fp32 in `.spec` and `.report`.
     `preprocess` maps images (PIL, uint8 HWC arrays or (..., 3, H, W) tensors) to the model's input.
     """
     from voltron.models.checkpoints import CONFIG_NAME, load_pretrained, resolve_pretrained
@@ -68,6 +78,10 @@ def load(
     model = model.to(device)
     if freeze:
         model.eval().requires_grad_(False)
+    if (precision, backend) != ("fp32", "eager"):
+        from voltron.models.inference import accelerate
+
+        model = accelerate(model, precision, backend)
     return model, model.preprocess
 
 
