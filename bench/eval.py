@@ -7,9 +7,9 @@ Measures, with a randomly initialised encoder (throughput does not depend on the
 - the encoder: ms per frame at the rollout's batch (num_envs frames), and ms per frame filling the BC token cache;
 - the head (extractor + MLP) per action, and one BC training step (MAP extractor on cached tokens);
 - policy-in-the-loop env steps/s with N vectorised envs against one env stepped serially (the ratio).
-Then prices the default protocol (5 tasks x 3 seeds x 25 demos, 4000 BC steps, 4 evaluations of 50 episodes per
-policy) from those measurements: a projection, labelled as such, with the worst case where every episode runs to
-the 500-step horizon and a typical case at the given mean episode length.
+Then prices the default protocol of `voltron eval-suite` (its SuiteOptions defaults) from those measurements: a
+projection, labelled as such, with the worst case where every episode runs to the 500-step horizon and a typical
+case at the given mean episode length.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--horizon", type=int, default=60)
-    parser.add_argument("--bc-batch", type=int, default=256)
+    parser.add_argument("--bc-batch", type=int, default=256, help="the protocol's train.batch_size")
     parser.add_argument("--mean-length", type=float, default=150.0, help="typical episode length for the estimate")
     args = parser.parse_args()
 
@@ -121,19 +121,24 @@ def main() -> None:
     for num_envs, rate in rates.items():
         print(f"ratio {num_envs} envs vs {base}: {rate / rates[base]:.2f}x")
 
+    from voltron.policy.suite import SuiteOptions
+
+    protocol = SuiteOptions(encoders=[args.encoder])  # the defaults of `voltron eval-suite`
     best = max(rates.values())
-    policies, evaluations, episodes = 5 * 3, 4, 50
-    demo_frames = 5 * 25 * 120  # 25 demos of about 120 steps per task
-    bc_total = policies * 4000 * bc_s * args.bc_batch / 256 * (256 / args.bc_batch)
+    policies = 5 * protocol.seeds * len(protocol.demos_per_task)
+    episodes = protocol.episodes + (protocol.checkpoints - 1) * protocol.checkpoint_episodes  # per policy
+    demo_frames = 5 * max(protocol.demos_per_task) * 120  # demos of about 120 steps per task
+    bc_total = policies * protocol.steps * bc_s
     cache_total = demo_frames * cache_s
-    worst = policies * evaluations * episodes * 500 / best
-    typical = policies * evaluations * episodes * args.mean_length / best
+    worst = policies * episodes * 500 / best
+    typical = policies * episodes * args.mean_length / best
     print(
-        "projected default protocol (5 tasks x 3 seeds x 25 demos, 4000 BC steps, 4 x 50 episodes per policy), "
-        f"one encoder: BC training {bc_total / 3600:.2f} h + demo encoding {cache_total / 3600:.2f} h + rollouts "
-        f"{typical / 3600:.2f} h at {args.mean_length:.0f} steps per episode ({worst / 3600:.2f} h if every "
-        f"episode runs to 500 steps) = {(bc_total + cache_total + typical) / 3600:.2f} h "
-        f"(worst case {(bc_total + cache_total + worst) / 3600:.2f} h)"
+        f"projected default protocol (5 tasks x {protocol.seeds} seeds x {protocol.demos_per_task} demos, "
+        f"{protocol.steps} BC steps, {protocol.episodes} final + {protocol.checkpoints - 1} x "
+        f"{protocol.checkpoint_episodes} checkpoint episodes per policy), one encoder: BC training "
+        f"{bc_total / 3600:.2f} h + demo encoding {cache_total / 3600:.2f} h + rollouts {typical / 3600:.2f} h at "
+        f"{args.mean_length:.0f} steps per episode = {(bc_total + cache_total + typical) / 3600:.2f} h "
+        f"(worst case, every episode to 500 steps: {(bc_total + cache_total + worst) / 3600:.2f} h)"
     )
 
 

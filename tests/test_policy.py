@@ -172,7 +172,11 @@ def test_vectorised_eval_matches_the_serial_one(trained, tmp_path):
     policy = load_policy(trained[0])
     serial, _, _, _ = rollout(policy, TASK, 2, seed=5, num_envs=1, horizon=8, image_size=64, progress=False)
     vector, _, _, _ = rollout(policy, TASK, 2, seed=5, num_envs=2, horizon=8, image_size=64, progress=False)
-    assert serial == vector
+    exact = ("episode", "seed", "success", "length")
+    assert [{k: e[k] for k in exact} for e in serial] == [{k: e[k] for k in exact} for e in vector]
+    # a batch of 2 and a batch of 1 round the policy's actions differently in the last float32 bit
+    for key in ("sum_reward", "max_reward"):
+        assert [e[key] for e in serial] == pytest.approx([e[key] for e in vector], rel=1e-5)
 
 
 def test_mismatched_policy_fails_before_any_rollout(trained):

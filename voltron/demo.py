@@ -35,7 +35,7 @@ class DemoConfig:
     camera: str = "corner3"  # the metaworld5 suite's view: every task-relevant object is visible
     policy_steps: int = 1000
     policy_batch: int = 64
-    policy_seeds: int = 2
+    policy_seeds: int = 1
     eval_episodes: int = 10  # final evaluation, per policy seed
     checkpoints: int = 2  # evaluations over training: one at half way, and the final one
     checkpoint_episodes: int = 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from voltron.cli import collect_config_overrides
+from voltron.models.inference_options import add_inference_arguments
 from voltron.policy.evaluate import EVAL_SEED_OFFSET
 
 
@@ -19,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="run directory for the policy checkpoint and metrics")
     train.add_argument("--config", help="YAML file (configs/policy/*.yaml) stating what differs from the defaults")
     train.add_argument("--random-init", action="store_true", help="the encoder's architecture, randomly initialised")
+    train.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a policy already in --out (its files stay until the new policy is saved)",
+    )  # fmt: skip
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=run_train)
     collect_config_overrides(train)
@@ -37,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--horizon", type=int, help="max steps per episode (default: the task's, 500)")
     ev.add_argument("--videos", type=int, default=3, help="captioned MP4s of the first N episodes")
     ev.add_argument("--out", help="output directory (default: POLICY/eval/TASK)")
+    add_inference_arguments(ev, "the results' settings")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=run_eval)
 
@@ -48,11 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suite.add_argument("--seeds", type=int, default=3, help="policy training seeds per (row, task, demo count)")
     suite.add_argument("--episodes", type=int, default=50, help="final evaluation episodes per policy")
     suite.add_argument("--checkpoints", type=int, default=4, help="evaluations during training (best and final)")
-    suite.add_argument("--checkpoint-episodes", type=int, default=0, help="episodes per intermediate evaluation")
+    suite.add_argument("--checkpoint-episodes", type=int, default=10, help="episodes per intermediate evaluation")
     suite.add_argument("--out", default="runs/eval-suite")
     suite.add_argument("--num-envs", type=int, default=2)
     suite.add_argument("--horizon", type=int, help="evaluation steps per episode (default: the task's, 500)")
-    suite.add_argument("--steps", type=int, default=4000, help="policy training steps (cosine schedule)")
+    suite.add_argument("--steps", type=int, default=2000, help="policy training steps (cosine schedule)")
     suite.add_argument("--image-size", type=int, default=112, help="rendered frame size (demos and evaluation)")
     suite.add_argument("--camera", help="camera (default: the suite's, corner3 for metaworld5)")
     suite.add_argument("--no-references", action="store_true", help="skip the state-oracle and proprio-only rows")
@@ -71,7 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
         overrides.append("--policy.pretrained=false")
     config = load_bc_config(args.config, overrides)
     demos = args.demos[0] if len(args.demos) == 1 else args.demos
-    summary = train_policy(config, demos, args.out, progress=not args.no_progress)
+    summary = train_policy(config, demos, args.out, progress=not args.no_progress, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     print(f"policy saved to {args.out}; evaluate it with: voltron eval --policy {args.out} --task TASK")
     return 0
@@ -83,6 +89,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(
         args.policy, args.task, args.episodes, args.seed, args.num_envs, args.horizon, args.out, args.videos,
         progress=not args.no_progress, checkpoint=args.checkpoint, allow_seed_overlap=args.allow_seed_overlap,
+        precision=args.precision, backend=args.inference_backend,
     )  # fmt: skip
     print(result.summary())
     return 0

@@ -86,24 +86,36 @@ def caption_frames(frames: list[np.ndarray], text: str, success: bool) -> list[n
     return out
 
 
-def plot_success(results: list[EvalResult], path: Path, title: str) -> Path:
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(3, 1.2 * len(results) + 1), 3))
+    return plt
+
+
+def save_figure(fig: Any, ax: Any, path: Path, ylabel: str, legend: bool = True) -> Path:
+    """The shared finish of every success plot: a 0-1 y axis, the label, a legend, then a PNG at `path`."""
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the plot, never over a bar
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
+    return path
+
+
+def plot_success(results: list[EvalResult], path: Path, title: str) -> Path:
+    fig, ax = pyplot().subplots(figsize=(max(3, 1.2 * len(results) + 1), 3))
     rates = [r.success_rate for r in results]
     errors = [[r.success_rate - r.ci_low for r in results], [r.ci_high - r.success_rate for r in results]]
     ax.bar([r.task for r in results], rates, yerr=errors, capsize=4, color="#4c72b0")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("success rate (95% CI)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, "success rate (95% CI)", legend=False)
 
 
 def _digest(path: Path) -> str:
@@ -167,7 +179,13 @@ def rollout(
     if not getattr(policy, "uses_images", True):
         image_size, record = LOWDIM_IMAGE_SIZE, 0
     camera = policy.camera if getattr(policy, "uses_images", True) else None
-    env_kwargs = dict(horizon=horizon, image_size=image_size, camera=camera, terminate_on_success=True)
+    env_kwargs = dict(
+        horizon=horizon,
+        image_size=image_size,
+        camera=camera,
+        terminate_on_success=True,
+        render_images=camera is not None,
+    )
     rounds = [r for r in range(math.ceil(episodes / num_envs)) if r not in (done_rounds or set())]
     records: list[dict[str, Any]] = []
     videos: list[list[np.ndarray]] = [[] for _ in range(min(record, episodes))]
@@ -304,11 +322,15 @@ def evaluate(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     allow_seed_overlap: bool = False,
+    precision: str = "fp32",
+    backend: str = "eager",
 ) -> EvalResult:
     """Evaluate a saved policy on one task; writes episodes.jsonl (as it goes; a rerun resumes it), eval_info.json,
     results.json/.csv, a bar chart and captioned MP4s to `out_dir`.
 
     `checkpoint`: a `checkpoints/step_*.safetensors` file of the run, evaluated instead of the final weights.
+    `precision`/`backend`: the encoder's inference path (voltron.models.inference); the one that served is
+    recorded as settings["inference"].
     """
     from voltron.datasets.video import write_video
     from voltron.policy.model import load_head_checkpoint, load_policy
@@ -324,6 +346,7 @@ def evaluate(
     if checkpoint is not None:
         load_head_checkpoint(policy, checkpoint)
         weights = Path(checkpoint)
+    inference = policy.use_inference(precision, backend)
     out = Path(out_dir) if out_dir else policy_dir / "eval" / task
     horizon = int(horizon or _task_horizon(task))
     image_size = int(policy.image_size or 224)
@@ -332,6 +355,7 @@ def evaluate(
         "task": task, "episodes": episodes, "seed": seed, "num_envs": num_envs, "horizon": horizon,
         "image_size": image_size if policy.uses_images else None, "camera": policy.camera if policy.uses_images else None,
         "policy": str(policy_dir), "weights_sha256": _digest(weights), "mode": "eval", "terminate_on_success": True,
+        "inference": inference,
     }  # fmt: skip
     log_path = out / EPISODES_NAME
     finished = _read_finished(log_path, settings)

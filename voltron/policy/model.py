@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from voltron.datasets.windows import NormStats
+from voltron.errors import UserError
 from voltron.models.base import VoltronModel
 from voltron.models.checkpoints import (
     CONFIG_NAME,
@@ -93,6 +94,7 @@ class BCPolicy(nn.Module):
         self.head = nn.Sequential(*layers, nn.Linear(width, action_dim), nn.Tanh())
         self.preprocess = None if encoder is None else encoder.preprocess
         self._history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features, proprio) of recent steps
+        self.fast_encoder = None  # an InferenceEncoder (not a submodule: the weights stay the encoder's)
 
     def train(self, mode: bool = True) -> BCPolicy:
         super().train(mode)
@@ -118,14 +120,36 @@ class BCPolicy(nn.Module):
     def uses_images(self) -> bool:
         return self.encoder is not None
 
+    def use_inference(self, precision: str = "fp32", backend: str = "eager") -> str:
+        """Run the frozen encoder through a fast inference path (voltron.models.inference) whenever no gradient is
+        needed; "auto" picks one. Returns the path that serves, e.g. "int8/onnxruntime" ("none" without encoder)."""
+        from voltron.models.inference import accelerate
+
+        self.fast_encoder = None
+        if self.encoder is None or (precision, backend) == ("fp32", "eager"):
+            return self.inference
+        if not self.encoder_frozen:
+            raise ValueError(f"inference path {precision}/{backend}: this policy fine-tunes its encoder")
+        self.fast_encoder = accelerate(self.encoder.eval(), precision, backend)
+        return self.inference
+
+    @property
+    def inference(self) -> str:
+        """The encoder's inference path, e.g. "fp32/eager"."""
+        if self.encoder is None:
+            return "none"
+        return "fp32/eager" if self.fast_encoder is None else str(self.fast_encoder.spec)
+
     def encode_tokens(self, frames: torch.Tensor, lang: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 frames (B, H, W, 3) -> encoder tokens (B, N, D) and the tokens' key mask (B, N)."""
         images = self.preprocess(frames).to(self.device)
         if self.encoder.n_frames > 1:  # dual-frame encoders see the current frame as both 0 and K
             images = images.unsqueeze(1).expand(-1, self.encoder.n_frames, -1, -1, -1)
         lang = lang if self.uses_language else None
+        fast = self.fast_encoder is not None and not torch.is_grad_enabled()
+        encoder = self.fast_encoder if fast else self.encoder
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.encoder_frozen):
-            tokens = self.encoder(images, lang, mode="multimodal" if self.uses_language else "visual")
+            tokens = encoder(images, lang, mode="multimodal" if self.uses_language else "visual")
         mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         if lang is not None and tokens.shape[1] > self.encoder.config.max_lang_len:
             _, lang_mask = self.encoder.lm.tokenize(list(lang))
@@ -294,6 +318,17 @@ class BCPolicy(nn.Module):
         return directory
 
 
+POLICY_META_KEYS = ("config", "proprio_dim", "action_dim", "proprio_stats", "action_stats")
+
+
+def _norm_stats(data: Any, source: Path, key: str) -> NormStats:
+    fields = ("mean", "std", "min", "max")
+    if not isinstance(data, dict) or any(name not in data for name in fields):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise UserError(f"holds {found}", source=source, key=key, expected=f"an object with the lists {list(fields)}")
+    return NormStats.from_dict(data)
+
+
 def load_policy(directory: str | Path, device: str = "cpu") -> BCPolicy:
     """Restore a policy that `BCPolicy.save_pretrained` (or `voltron train-policy`) wrote."""
     directory = Path(directory).expanduser()
@@ -303,7 +338,12 @@ def load_policy(directory: str | Path, device: str = "cpu") -> BCPolicy:
             f"{directory / CONFIG_NAME}: not a voltron policy checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r}; "
             f"expected {POLICY_FORMAT!r}); encoders load with voltron.load instead"
         )
+    source = directory / CONFIG_NAME
+    for key in POLICY_META_KEYS:  # written by every save_pretrained; a hand-edited or truncated file may lack one
+        if key not in meta:
+            raise UserError(f"missing key {key!r}", source=source, expected=f"the keys {list(POLICY_META_KEYS)}")
     config = config_from_dict(meta["config"])
+    stats = {key: _norm_stats(meta[key], source, key) for key in ("proprio_stats", "action_stats")}
     state = read_weights(directory / WEIGHTS_NAME)
     if any(k.startswith("encoder.") for k in state):  # stored encoder: rebuild its architecture, then load below
         from voltron.models.base import ModelConfig
@@ -320,8 +360,8 @@ def load_policy(directory: str | Path, device: str = "cpu") -> BCPolicy:
         encoder,
         meta["proprio_dim"],
         meta["action_dim"],
-        NormStats.from_dict(meta["proprio_stats"]),
-        NormStats.from_dict(meta["action_stats"]),
+        stats["proprio_stats"],
+        stats["action_stats"],
         meta.get("image_size"),
     )
     policy_state = {k: v for k, v in state.items() if not k.startswith("encoder.")}

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from voltron.io import atomic_write_bytes, atomic_write_json
-from voltron.policy.evaluate import EVAL_SEED_OFFSET, EvalResult, code_version, evaluate, wilson_interval
+from voltron.policy.evaluate import (
+    EVAL_SEED_OFFSET,
+    EvalResult,
+    code_version,
+    evaluate,
+    pyplot,
+    save_figure,
+    wilson_interval,
+)
 
 ORACLE_MIN = 0.8  # below this state-oracle success a task measures the harness, not the encoder
 ORACLE, FLOOR = "state oracle", "proprio only"
@@ -61,11 +69,11 @@ class SuiteOptions:
     seeds: int = 3
     episodes: int = 50  # final evaluation episodes per policy
     checkpoints: int = 4  # evaluations over training (the last is the final one); R3M/CortexBench report the best
-    checkpoint_episodes: int = 0  # episodes per intermediate evaluation; 0: as many as `episodes`
+    checkpoint_episodes: int = 10  # episodes per intermediate evaluation (R3M: 50; fewer to fit 2 cores); 0: `episodes`
     out: str = "runs/eval-suite"
     num_envs: int = 2
     horizon: int | None = None  # default: the task's (500 for MetaWorld)
-    steps: int = 4000
+    steps: int = 2000  # at batch 256 (train.batch_size): 512k samples, R3M's 20k x 32 = 640k
     image_size: int = 112
     camera: str | None = None  # default: the suite's
     labels: list[str] | None = None  # display names for the encoders (default: their ids or folder names)
@@ -270,9 +278,9 @@ def protocol_note(protocol: dict[str, Any]) -> str:
     episodes = protocol["checkpoint_episodes"] or protocol["episodes"]
     return (
         f"Protocol: {protocol['suite']} ({', '.join(protocol['tasks'])}), camera `{protocol['camera']}` at "
-        f"{protocol['image_size']} px, demos {protocol['demos_per_task']} per task, {protocol['seeds']} seed(s), "
+        f"{protocol['image_size']} px, {'/'.join(map(str, protocol['demos_per_task']))} demos per task, {protocol['seeds']} seed(s), "
         f"{protocol['steps']} BC steps (cosine), final evaluation {protocol['episodes']} episodes per policy in "
-        f"eval mode on unseen seeds (from {EVAL_SEED_OFFSET}), horizon {protocol['horizon'] or 'the task'}'s. "
+        f"eval mode on unseen seeds (from {EVAL_SEED_OFFSET}), horizon {protocol['horizon'] or 'the task default'} steps. "
         f"Cells: final checkpoint's success, pooled over seeds (95% Wilson interval). Best ckpt: R3M's max over "
         f"{protocol['checkpoints']} evaluations during training ({episodes} episodes each), mean over tasks and seeds."
     )
@@ -282,20 +290,11 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_suite(table: SuiteTable, path: Path) -> Path:
     """Grouped bars: tasks (and the mean) on x, one bar per row, 95% intervals as error bars."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     columns = [*table.tasks, "mean"]
     labels = list(table.rows)
     width = 0.8 / max(len(labels), 1)
@@ -309,19 +308,12 @@ def plot_suite(table: SuiteTable, path: Path) -> Path:
         ax.bar(x, rates, width, yerr=errors, capsize=3, label=label, hatch=hatch)
     names = [f"{c}\n(broken)" if c in table.broken else c for c in columns]
     ax.set_xticks(np.arange(len(columns)), names, rotation=20, fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("final success (95% CI)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, "final success (95% CI)")
 
 
 def plot_curves(curves: dict[str, dict[str, list[list[dict[str, Any]]]]], path: Path) -> Path:
     """Success vs BC step per row: the mean over tasks and seeds at each evaluated checkpoint."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for label, by_task in curves.items():
         points: dict[int, list[float]] = {}
@@ -332,11 +324,4 @@ def plot_curves(curves: dict[str, dict[str, list[list[dict[str, Any]]]]], path: 
         steps = sorted(points)
         ax.plot(steps, [sum(points[s]) / len(points[s]) for s in steps], marker="o", label=label)
     ax.set_xlabel("behaviour-cloning step")
-    ax.set_ylabel("success (mean over tasks, seeds)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, "success (mean over tasks, seeds)")

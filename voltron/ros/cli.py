@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from voltron.errors import UserError
+from voltron.models.inference_options import add_inference_arguments
 
 
 def add_config_overrides(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--backend", default=None, help="override the config's backend (rosbridge, rclpy)")
     serve.add_argument("--instruction", default=None, help="language instruction (overrides the config default)")
     serve.add_argument("--first-obs-timeout", type=float, default=10.0, help="seconds to wait for all streams")
+    add_inference_arguments(serve, "the JSONL log's start and stop records")
     add_config_overrides(serve)
     serve.set_defaults(func=_serve)
 
@@ -93,6 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     policy = load_policy(args.policy)
+    print(f"ros serve: encoder inference path {policy.use_inference(args.precision, args.inference_backend)}")
     log_path = args.log or Path("runs/ros") / time.strftime("serve-%Y%m%d-%H%M%S.jsonl")
     options = ServeOptions(
         rate_hz=args.rate,

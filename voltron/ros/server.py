@@ -67,6 +67,7 @@ class ServeSummary:
     stop_reason: str = ""
     estop_latched: bool = False
     hold_reasons: dict[str, int] = field(default_factory=dict)
+    inference: str | None = None  # the policy's encoder inference path, e.g. "int8/onnxruntime" (policy.inference)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +89,7 @@ class PolicyServer:
         self.options = options
         cfg = bridge.config
         self.safety = SafetyLayer(cfg.action, cfg.safety, options.period_s)
-        self.summary = ServeSummary()
+        self.summary = ServeSummary(inference=getattr(policy, "inference", None))
         self._estop_forwarded = False
         self._log_file = None
 
@@ -231,6 +232,7 @@ class PolicyServer:
                         "dry_run": opts.dry_run,
                         "warmup_s": round(self.summary.warmup_s, 4),
                         "robot": bridge.config.name,
+                        "inference": self.summary.inference,
                     }
                 )
                 start = time.monotonic()
