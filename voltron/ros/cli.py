@@ -95,7 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     policy = load_policy(args.policy)
-    print(f"ros serve: encoder inference path {policy.use_inference(args.precision, args.inference_backend)}")
+    if hasattr(policy, "use_inference"):  # a BC policy's encoder; other policy objects (select_action/reset) run as is
+        print(f"ros serve: encoder inference path {policy.use_inference(args.precision, args.inference_backend)}")
     log_path = args.log or Path("runs/ros") / time.strftime("serve-%Y%m%d-%H%M%S.jsonl")
     options = ServeOptions(
         rate_hz=args.rate,
