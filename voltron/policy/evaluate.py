@@ -22,7 +22,7 @@ from voltron.io import atomic_write_bytes, atomic_write_json
 # so no evaluation episode starts in a scene a demonstration showed.
 EVAL_SEED_OFFSET = 100_000
 EPISODES_NAME = "episodes.jsonl"  # one line per finished episode, appended as rounds finish (resume reads it)
-LOWDIM_IMAGE_SIZE = 16  # a policy without an encoder never looks at the frame: render the smallest useful one
+LOWDIM_IMAGE_SIZE = 16  # the blank frame a policy without an encoder gets (nothing is rendered for it)
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:

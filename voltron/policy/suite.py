@@ -53,10 +53,6 @@ def suite_spec(name: str) -> SuiteSpec:
     return suites[name]
 
 
-def suite_tasks(name: str) -> tuple[str, ...]:
-    return suite_spec(name).tasks
-
-
 @dataclass
 class SuiteOptions:
     """The protocol; every field is written into results.json. Defaults follow R3M/CortexBench where they fit

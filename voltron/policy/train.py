@@ -285,7 +285,9 @@ def _train(
                 f"{train_cfg.train_split!r} episodes"
             )
         train_episodes = train_episodes[: train_cfg.max_episodes]
-    train_windows = windows(train_episodes, camera=policy_cfg.camera)
+        train_windows = windows(train_episodes, camera=policy_cfg.camera)
+    else:
+        train_windows = all_train
     valid_episodes = lowdim_episodes(load_split(demos, valid_split, False), policy_cfg.lowdim, demos, valid_split)
     valid_windows = windows(valid_episodes, camera=policy_cfg.camera) if valid_episodes else None
 
@@ -331,10 +333,9 @@ def _train(
     )
     generator = torch.Generator().manual_seed(policy_cfg.seed)
 
-    def save_checkpoint(step: int) -> None:
+    def save_checkpoint(step: int) -> None:  # the caller has just calibrated the head's input statistics
         from safetensors.torch import save
 
-        calibrate(policy, train_windows, train_cache, train_cfg.batch_size)
         path = out_dir / CHECKPOINTS_DIR / f"step_{step:06d}.safetensors"
         atomic_write_bytes(path, save(policy.head_state_dict(), metadata={"step": str(step)}))
 
@@ -371,6 +372,7 @@ def _train(
                 valid = validation_loss(policy, valid_windows, valid_cache, train_cfg.batch_size)
                 record["valid_loss"] = valid
             if train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0 and step != train_cfg.steps:
+                calibrate(policy, train_windows, train_cache, train_cfg.batch_size)
                 save_checkpoint(step)
             if step % train_cfg.log_every == 0 or step == train_cfg.steps or "valid_loss" in record:
                 log.write(json.dumps(finite_or_none(record)) + "\n")
