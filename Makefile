@@ -1,4 +1,6 @@
 # The two commands: `make test` and `make demo`. Each creates .venv and installs what it needs by itself.
+# `make test` runs every test (CI runs it); `make test-fast` leaves out the tests marked slow (subprocess and
+# end-to-end runs) for the inner loop; `make lint` is ruff's lint and format check, as CI runs it.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed
 ROS_VENV := .venv-ros
 ROS_STAMP := $(ROS_VENV)/.installed
 
-.PHONY: test demo lint bench clean-venv
+.PHONY: test test-fast demo lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,14 +21,20 @@ $(STAMP): pyproject.toml
 $(ROS_STAMP): scripts/setup_ros_peer.sh
 	PYTHON=$(PYTHON) scripts/setup_ros_peer.sh || echo "ROS peer setup failed: ROS integration tests will skip"
 
+LINT_PATHS := voltron datasets sim tests bench
+
 test: $(STAMP) $(ROS_STAMP)
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/pytest -q tests
+
+test-fast: $(STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/voltron demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check voltron datasets sim tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 clean-venv:
 	rm -rf $(VENV)
