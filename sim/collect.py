@@ -44,6 +44,7 @@ def env_args_for(env: SimEnv, *, action_noise: float, seed: int) -> dict:
         "image_size": list(env.image_shape),
         "horizon": env.horizon,
         "multisamples": env.multisamples,
+        "mesh_cell": env.mesh_cell,
     }
     return {
         "env_name": env.task.env_id,

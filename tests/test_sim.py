@@ -17,7 +17,7 @@ from voltron.datasets.demos import DemoFile, Episode, write_demos
 from voltron.sim.corpus import CAPTIONS, FPS, FRAME_HEIGHT, FRAME_WIDTH, make_corpus, plan_clip
 from voltron.sim.env import SimEnv
 from voltron.sim.experts import ScriptedExpert, expert_policy_classes, rollout
-from voltron.sim.render import FLIPPED_CAMERAS, GL_PACKAGES, OffscreenRenderer, gl_help
+from voltron.sim.render import FLIPPED_CAMERAS, GL_PACKAGES, OffscreenRenderer, gl_help, simplify_meshes
 from voltron.sim.tasks import CORPUS_TASKS, EVAL_TASKS, TASKS, UnknownTaskError, get_task
 from voltron.sim.vector import VectorSimEnv, WorkerError, WorkerTimeout
 
@@ -107,6 +107,31 @@ def test_resets_are_seeded_and_renderers_do_not_interfere(make_env):
         env.reset(seed=3)
         trajectories.append([env.step(a)[4]["state"] for a in actions])
     np.testing.assert_array_equal(trajectories[0], trajectories[1])
+
+
+def test_coarse_meshes_change_frames_slightly_and_physics_not_at_all(make_env):
+    # The expert's trajectory with coarsened meshes equals the one with full meshes state for state (physics never
+    # reads the face lists), while the frames keep the scene: under 2/255 mean difference, far fewer triangles.
+    coarse, full = make_env("assembly", image_size=64), make_env("assembly", image_size=64, mesh_cell=0.0)
+    assert coarse._renderer.faces[1] < 0.5 * coarse._renderer.faces[0]
+    assert full._renderer.faces[0] == full._renderer.faces[1]
+    runs = []
+    for env in (coarse, full):
+        expert = ScriptedExpert(env.task)
+        obs, info = env.reset(seed=5)
+        frames, states = [obs["image"]], [info["state"]]
+        for _ in range(40):
+            obs, _, _, _, info = env.step(expert(info["state"]))
+            frames.append(obs["image"])
+            states.append(info["state"])
+        runs.append((np.stack(frames).astype(int), np.stack(states)))
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    difference = np.abs(runs[0][0] - runs[1][0])
+    assert 0 < difference.mean() < 2.0
+    before, after = simplify_meshes(coarse._env.model, coarse.mesh_cell)
+    assert before == after  # a second pass with the same cell changes nothing
+    with pytest.raises(ValueError, match="mesh_cell"):
+        simplify_meshes(coarse._env.model, -1.0)
 
 
 def test_flipped_camera_table_matches_camera_geometry():

@@ -165,7 +165,7 @@ def rollout(
     Returns per-episode records of the rounds run here, the frames of the first `record` episodes, the rollout's
     wall seconds (after the environments started) and the env steps taken.
     """
-    from voltron.sim.env import SimEnv
+    from voltron.sim.env import DEFAULT_MESH_CELL, SimEnv
     from voltron.sim.tasks import get_task
     from voltron.sim.vector import VectorSimEnv
 
@@ -185,6 +185,7 @@ def rollout(
         camera=camera,
         terminate_on_success=True,
         render_images=camera is not None,
+        mesh_cell=DEFAULT_MESH_CELL,  # as the demos were rendered (their env_args record it)
     )
     rounds = [r for r in range(math.ceil(episodes / num_envs)) if r not in (done_rounds or set())]
     records: list[dict[str, Any]] = []
@@ -346,6 +347,8 @@ def evaluate(
     if checkpoint is not None:
         load_head_checkpoint(policy, checkpoint)
         weights = Path(checkpoint)
+    from voltron.sim.env import DEFAULT_MESH_CELL
+
     inference = policy.use_inference(precision, backend)
     out = Path(out_dir) if out_dir else policy_dir / "eval" / task
     horizon = int(horizon or _task_horizon(task))
@@ -355,7 +358,7 @@ def evaluate(
         "task": task, "episodes": episodes, "seed": seed, "num_envs": num_envs, "horizon": horizon,
         "image_size": image_size if policy.uses_images else None, "camera": policy.camera if policy.uses_images else None,
         "policy": str(policy_dir), "weights_sha256": _digest(weights), "mode": "eval", "terminate_on_success": True,
-        "inference": inference,
+        "inference": inference, "mesh_cell": DEFAULT_MESH_CELL if policy.uses_images else None,
     }  # fmt: skip
     log_path = out / EPISODES_NAME
     finished = _read_finished(log_path, settings)
