@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed
 # with that reason; they never pass silently.
 ROS_VENV := .venv-ros
 ROS_STAMP := $(ROS_VENV)/.installed
+# The LeRobot peer (the real `lerobot-dataset` reader/writer and `lerobot-doctor`) lives in its own venv too: its
+# pins (av<16, huggingface-hub<0.36) clash with .venv. If it cannot be installed, its tests skip with that reason.
+LEROBOT_VENV := .venv-lerobot
+LEROBOT_STAMP := $(LEROBOT_VENV)/.installed
 
 .PHONY: test test-fast demo lint bench clean-venv
 
@@ -23,7 +27,10 @@ $(ROS_STAMP): scripts/setup_ros_peer.sh
 
 LINT_PATHS := voltron datasets sim tests bench
 
-test: $(STAMP) $(ROS_STAMP)
+$(LEROBOT_STAMP): scripts/setup_lerobot_peer.sh $(STAMP)
+	PYTHON=$(PYTHON) scripts/setup_lerobot_peer.sh || echo "LeRobot peer setup failed: LeRobot peer tests will skip"
+
+test: $(STAMP) $(ROS_STAMP) $(LEROBOT_STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/pytest -q tests
 
 test-fast: $(STAMP)

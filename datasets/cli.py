@@ -1,4 +1,4 @@
-"""`voltron preprocess`: the command line for turning a video corpus into the training store."""
+"""`voltron preprocess` (a video corpus into the training store) and `voltron demos convert` (demos between formats)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-frames", dest="min_frames", type=int, help="shortest usable clip (default: 5)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     parser.set_defaults(func=run_preprocess)
+
+    demos = subparsers.add_parser("demos", help="household demonstrations: convert between formats")
+    demos.set_defaults(func=lambda _args: demos.print_help() or 2)
+    commands = demos.add_subparsers(dest="demos_command", metavar="SUBCOMMAND")
+    convert = commands.add_parser(
+        "convert",
+        help="convert demos (HDF5, DROID folders, LeRobot datasets, or a directory of them) to LeRobot v3 or HDF5",
+        description="Read every episode of SOURCE one at a time and write OUT as a LeRobot v3.0 dataset (train/valid "
+        "splits kept, LeRobot's stats with quantiles, written atomically per file; a killed conversion resumes when "
+        "rerun) or as one native demo HDF5 file. OUT is never replaced without --overwrite.",
+    )
+    convert.add_argument("source", help="demo file, DROID episode folder, LeRobot dataset, or a directory of them")
+    convert.add_argument("out", help="output: a LeRobot dataset folder, or an .hdf5 file")
+    convert.add_argument("--to", required=True, choices=("lerobot", "hdf5"), help="output format")
+    convert.add_argument(
+        "--fps", type=float, help="frame rate (default: the source's: LeRobot info, DROID 15, env_args)"
+    )
+    convert.add_argument(
+        "--vcodec", default="libsvtav1", choices=("libsvtav1", "h264", "hevc"), help="LeRobot video codec"
+    )
+    convert.add_argument("--cameras", nargs="+", help="cameras to keep (default: all)")
+    convert.add_argument("--image-size", type=int, help="resize frames to a square of this size (default: as stored)")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUT once the new output is complete")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from voltron.datasets.lerobot import convert_main
+
+    return convert_main(args)
 
 
 def run_preprocess(args: argparse.Namespace) -> int:

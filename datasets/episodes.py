@@ -4,15 +4,17 @@ Sources (`load_episodes(source)`):
 - a native robomimic-style HDF5 file (`*.hdf5`, `*.h5`, see `voltron.datasets.demos`); `split` selects `mask/<split>`;
 - a raw DROID episode folder (`trajectory.h5` + `recordings/MP4/<serial>.mp4`, see `voltron.datasets.droid`), or
   its `trajectory.h5`; `split` is `train`/`valid` from a hash of the episode id (`droid.droid_split`);
-- a directory, searched recursively for both (a DROID folder is not searched further; names starting with "." are
-  skipped), in sorted path order;
+- a LeRobot dataset folder (v3.0 or v2.1: `meta/info.json`, see `voltron.datasets.lerobot`); `split` is one of its
+  info.json splits ("train" is every episode when it names none);
+- a directory, searched recursively for all of these (DROID and LeRobot folders are not searched further; names
+  starting with "." are skipped), in sorted path order, so one directory may mix formats;
 - a list of any of these, read in the order given.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,13 @@ from voltron.datasets.droid import (
     parse_image_size,
     resize_frame,
 )
+from voltron.datasets.lerobot import DEFAULT_TOLERANCE_S, VIDEO_BACKENDS, LeRobotFolder, is_lerobot_dataset
 
 NATIVE_SUFFIXES = (".hdf5", ".h5")
 EXPECTED_SOURCES = (
     f"a native demo file ({', '.join('*' + s for s in NATIVE_SUFFIXES)}), a DROID episode folder "
-    f"({TRAJECTORY_FILE} + recordings/MP4/<serial>.mp4), a directory holding them, or a list of those"
+    f"({TRAJECTORY_FILE} + recordings/MP4/<serial>.mp4), a LeRobot dataset folder (meta/info.json), a directory "
+    "holding them, or a list of those"
 )
 
 PathLike = str | os.PathLike
@@ -63,6 +67,9 @@ class LoadOptions:
     droid_language_file: PathLike | None = DEFAULT_LANGUAGE_FILE
     droid_frame_mismatch: str = "error"
     droid_valid_percent: float = 10.0
+    lerobot_episodes: list[int] | None = None
+    lerobot_tolerance_s: float = DEFAULT_TOLERANCE_S
+    lerobot_video_backend: str = "auto"
 
     def __post_init__(self) -> None:
         # Checked up front, so a bad option fails before any decoding, even for sources without DROID folders.
@@ -75,6 +82,10 @@ class LoadOptions:
                 raise ValueError(f"{name}={value!r}; expected one of {allowed}")
         if not 0.0 <= self.droid_valid_percent <= 100.0:
             raise ValueError(f"droid_valid_percent={self.droid_valid_percent}; expected a percentage in [0, 100]")
+        if self.lerobot_video_backend not in VIDEO_BACKENDS:
+            raise ValueError(
+                f"lerobot_video_backend={self.lerobot_video_backend!r}; expected one of {list(VIDEO_BACKENDS)}"
+            )
 
 
 def _read_native(path: Path, options: LoadOptions) -> list[Episode]:
@@ -118,14 +129,28 @@ def _read_droid(path: Path, options: LoadOptions) -> list[Episode]:
     ]
 
 
-# Format -> reader of one source into episodes. A new format registers here and in `_classify`.
-SOURCE_READERS: dict[str, Callable[[Path, LoadOptions], list[Episode]]] = {"native": _read_native, "droid": _read_droid}
+def _read_lerobot(path: Path, options: LoadOptions) -> Iterator[Episode]:
+    folder = LeRobotFolder(path, tolerance_s=options.lerobot_tolerance_s, video_backend=options.lerobot_video_backend)
+    return folder.iter_episodes(
+        options.split, episodes=options.lerobot_episodes, cameras=options.cameras, image_size=options.image_size
+    )
+
+
+# Format -> reader of one source into episodes (a list, or an iterator that decodes one episode at a time). A new
+# format registers here and in `_classify`/`_search`.
+SOURCE_READERS: dict[str, Callable[[Path, LoadOptions], Iterable[Episode]]] = {
+    "native": _read_native,
+    "droid": _read_droid,
+    "lerobot": _read_lerobot,
+}
 
 
 def _classify(path: Path) -> EpisodeSource | None:
     """The source `path` is by itself (None for a plain directory, to be searched)."""
     if is_droid_folder(path):
         return EpisodeSource("droid", path)
+    if path.is_dir() and is_lerobot_dataset(path):
+        return EpisodeSource("lerobot", path)
     if path.is_file() and path.name == TRAJECTORY_FILE:
         return EpisodeSource("droid", path.parent)
     if path.is_file() and path.suffix.lower() in NATIVE_SUFFIXES:
@@ -140,6 +165,10 @@ def _search(root: Path) -> list[EpisodeSource]:
         if is_droid_folder(here):  # `root` itself is never one: `_classify` took those
             found.append(EpisodeSource("droid", here))
             dirnames.clear()  # the folder's own files (trajectory.h5) are not separate sources
+            continue
+        if is_lerobot_dataset(here):
+            found.append(EpisodeSource("lerobot", here))
+            dirnames.clear()
             continue
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
@@ -184,37 +213,77 @@ def load_episodes(
     droid_language_file: PathLike | None = DEFAULT_LANGUAGE_FILE,
     droid_frame_mismatch: str = "error",
     droid_valid_percent: float = 10.0,
+    lerobot_episodes: list[int] | None = None,
+    lerobot_tolerance_s: float = DEFAULT_TOLERANCE_S,
+    lerobot_video_backend: str = "auto",
     progress: bool = False,
 ) -> list[Episode]:
-    """Every episode of `source` (a native file, a DROID folder, a directory or a list; see the module doc).
+    """Every episode of `source` (a native file, a DROID folder, a LeRobot dataset, a directory or a list; see the
+    module doc).
 
     - `split`: None for all episodes; for native files `mask/<split>` (an unknown split is an error listing the
-      file's splits); for DROID folders `train`/`valid` by `droid_split(episode_id, droid_valid_percent)`.
-    - `cameras`: image keys to keep (native camera names; DROID roles or serials); None keeps every camera.
+      file's splits); for DROID folders `train`/`valid` by `droid_split(episode_id, droid_valid_percent)`; for
+      LeRobot datasets a split of info.json (one it does not name gives a warning and no episodes).
+    - `cameras`: image keys to keep (native camera names; DROID roles or serials; LeRobot camera names, DROID roles
+      or feature keys); None keeps every camera.
     - `image_size`: None keeps the stored size; an int resizes to a square, a pair to (height, width).
     - `droid_*`: the DROID reader's action mode, proprio mode, language side file and frame-count rule
       (`voltron.datasets.droid.read_droid_episode`).
-    Bad files raise `DemoFormatError` naming the file and the HDF5 path (or the MP4 and camera serial).
+    - `lerobot_*`: the LeRobot episode indices to read (None: all), the frame-time tolerance in seconds, and the
+      video backend (auto, pyav, decord); see `voltron.datasets.lerobot`.
+    Bad files raise `DemoFormatError` naming the file and the HDF5 path (or the MP4 and camera serial, or the
+    LeRobot file and key).
     """
-    options = LoadOptions(
+    return list(
+        iter_episodes(
+            source,
+            split,
+            cameras=cameras,
+            image_size=image_size,
+            droid_action=droid_action,
+            droid_proprio=droid_proprio,
+            droid_language_file=droid_language_file,
+            droid_frame_mismatch=droid_frame_mismatch,
+            droid_valid_percent=droid_valid_percent,
+            lerobot_episodes=lerobot_episodes,
+            lerobot_tolerance_s=lerobot_tolerance_s,
+            lerobot_video_backend=lerobot_video_backend,
+            progress=progress,
+        )
+    )
+
+
+def iter_episodes(
+    source: PathLike | Sequence[PathLike], split: str | None = None, *, progress: bool = False, **options: Any
+) -> Iterator[Episode]:
+    """`load_episodes` one episode at a time (same arguments): a converter holds one source's episodes at most,
+    and a LeRobot dataset's or DROID folder's only one."""
+    image_size = options.pop("image_size", None)
+    cameras = options.pop("cameras", None)
+    load_options = LoadOptions(
         split=split,
         cameras=None if cameras is None else list(cameras),
         image_size=parse_image_size(image_size),
-        droid_action=droid_action,
-        droid_proprio=droid_proprio,
-        droid_language_file=droid_language_file,
-        droid_frame_mismatch=droid_frame_mismatch,
-        droid_valid_percent=droid_valid_percent,
+        **options,
     )
     sources = resolve_sources(source)
     if progress:
         from tqdm.auto import tqdm
 
         sources = tqdm(sources, desc="loading demos", unit="source")
-    episodes: list[Episode] = []
     for item in sources:
-        episodes.extend(SOURCE_READERS[item.kind](item.path, options))
-    return episodes
+        yield from SOURCE_READERS[item.kind](item.path, load_options)
+
+
+def source_splits(source: EpisodeSource) -> list[str] | None:
+    """The splits a source can be read with: a native file's masks, a LeRobot dataset's info.json splits, None for
+    a DROID folder (any split: a hash of the episode id)."""
+    if source.kind == "native":
+        with DemoFile(source.path) as demos:
+            return demos.splits
+    if source.kind == "lerobot":
+        return sorted(LeRobotFolder(source.path).splits)
+    return None
 
 
 def _stats(values: list[int]) -> dict[str, float]:
