@@ -1350,3 +1350,32 @@ def convert_main(args) -> int:
     )  # fmt: skip
     print(f"wrote {path}", file=sys.stdout)
     return 0
+
+
+ENV_TYPE_ROBOTS = {"metaworld": "sawyer"}
+
+
+def write_lerobot_demos(
+    out: str | os.PathLike,
+    episodes: Iterable[Episode],
+    env_args: dict,
+    *,
+    n_episodes: int,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    vcodec: str = "libsvtav1",
+) -> Path:
+    """`write_demos`'s counterpart for a LeRobot v3.0 dataset (what `voltron sim collect --format lerobot` writes):
+    the frame rate comes from env_args["fps"], and the last `valid_fraction` of the `n_episodes` expected form the
+    `valid` split (LeRobot splits are ranges; the episodes are independent rollouts, so the tail is as good a
+    sample as any). Like `write_demos` it replaces `out` once the new dataset is complete; it does not resume, since
+    its episodes are generated anew. `seed` is unused (the split needs no draw)."""
+    from voltron.datasets.demos import split_names
+
+    fps = env_args.get("fps")
+    if not fps:
+        raise UserError("no frame rate", source="env_args", key="fps", expected="the demos' steps per second")
+    n_valid = len(split_names([str(i) for i in range(n_episodes)], valid_fraction, seed)["valid"])
+    robot = env_args.get("robot_type") or ENV_TYPE_ROBOTS.get(str(env_args.get("env_type")))
+    pairs = ((episode, "valid" if i >= n_episodes - n_valid else "train") for i, episode in enumerate(episodes))
+    return write_lerobot(out, pairs, fps=fps, robot_type=robot, vcodec=vcodec, overwrite=True, resume=False)

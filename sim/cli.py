@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--post-success-steps", type=int, default=10, help="steps kept after first success")
     collect.add_argument("--valid-fraction", type=float, default=0.1, help="share of demos in mask/valid")
     collect.add_argument("--compression", choices=("gzip", "lzf"), default="gzip", help="image compression")
+    collect.add_argument(
+        "--format",
+        choices=("hdf5", "lerobot"),
+        default="hdf5",
+        help="hdf5 (one file) or lerobot (a v3.0 dataset folder)",
+    )
     collect.add_argument("--no-progress", action="store_true", help="no progress bar")
     collect.set_defaults(func=_collect)
 

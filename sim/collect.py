@@ -53,6 +53,7 @@ def env_args_for(env: SimEnv, *, action_noise: float, seed: int) -> dict:
         "task": env.task.name,
         **env_kwargs,
         "language": env.task.language,
+        "fps": env.metadata.get("render_fps"),  # steps per second, for formats that store a frame rate (LeRobot)
         "proprio_keys": list(env.task.proprio_keys),
         "action_space": {"shape": [4], "low": -1.0, "high": 1.0, "keys": ["dx", "dy", "dz", "gripper"]},
         "expert": expert_policy_classes()[env.task.name].__name__,
@@ -125,8 +126,10 @@ def collect(
     valid_fraction: float = 0.1,
     compression: str = "gzip",
     progress: bool = True,
+    out_format: str = "hdf5",
 ) -> tuple[Path, CollectStats]:
-    """Collect `n_episodes` successful expert demonstrations of `task` into the HDF5 file `out` (atomically)."""
+    """Collect `n_episodes` successful expert demonstrations of `task` into the HDF5 file `out` (atomically), or
+    with `out_format="lerobot"` into the LeRobot v3.0 dataset folder `out`."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes={n_episodes}: expected at least 1")
     if image_size < 1:  # checked here: HDF5 would only fail at the first frame, with a chunk-size error
@@ -148,9 +151,16 @@ def collect(
             progress=progress,
         )
         args = env_args_for(env, action_noise=action_noise, seed=seed)
-        path = _write_nonempty(
-            out, episodes, args, stats, valid_fraction=valid_fraction, seed=seed, compression=compression
-        )
+        if out_format == "lerobot":
+            from voltron.datasets.lerobot import write_lerobot_demos
+
+            path = _write_nonempty(
+                out, episodes, args, stats, write_lerobot_demos, n_episodes=n_episodes, valid_fraction=valid_fraction
+            )
+        else:
+            path = _write_nonempty(
+                out, episodes, args, stats, valid_fraction=valid_fraction, seed=seed, compression=compression
+            )
     finally:
         env.close()
     return path, stats
@@ -160,8 +170,10 @@ class NoSuccessfulEpisodes(RuntimeError):
     """The expert did not succeed once, so there is nothing to write."""
 
 
-def _write_nonempty(out, episodes: Iterator[Episode], env_args: dict, stats: CollectStats, **kwargs) -> Path:
-    """write_demos, but refuse (leaving no file) when the iterator yields nothing."""
+def _write_nonempty(
+    out, episodes: Iterator[Episode], env_args: dict, stats: CollectStats, write=write_demos, **kwargs
+) -> Path:
+    """`write` (write_demos), but refuse (leaving no file) when the iterator yields nothing."""
     first = next(episodes, None)
     if first is None:
         raise NoSuccessfulEpisodes(
@@ -172,7 +184,7 @@ def _write_nonempty(out, episodes: Iterator[Episode], env_args: dict, stats: Col
         yield first
         yield from episodes
 
-    return write_demos(out, chained(), env_args, **kwargs)
+    return write(out, chained(), env_args, **kwargs)
 
 
 def main(args) -> int:
@@ -202,6 +214,7 @@ def main(args) -> int:
             valid_fraction=args.valid_fraction,
             compression=args.compression,
             progress=not args.no_progress,
+            out_format=getattr(args, "format", "hdf5"),
         )
     except (UnknownTaskError, NoSuccessfulEpisodes, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

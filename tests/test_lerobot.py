@@ -427,3 +427,18 @@ def test_lerobot_loads_our_dataset_and_lerobot_doctor_passes_it(peer_dataset, tm
     report = json.loads(run_peer("--doctor", "check", str(ours), "--json", cwd=tmp_path).stdout)
     failed = [(c["name"], m["message"]) for c in report["checks"] for m in c["messages"] if m["severity"] == "FAIL"]
     assert report["codebase_version"] == "v3.0" and failed == []
+
+
+def test_sim_collect_writes_a_lerobot_dataset(tmp_path):
+    from voltron.cli import main
+
+    out = tmp_path / "drawer-open"
+    args = ["sim", "collect", "--task", "drawer-open", "--episodes", "2", "--image-size", "64", "--out", str(out)]
+    assert main([*args, "--format", "lerobot", "--valid-fraction", "0.5", "--no-progress"]) == 0
+    info = json.loads((out / "meta/info.json").read_text())
+    assert info["fps"] == 80 and info["robot_type"] == "sawyer" and info["splits"] == {"train": "0:1", "valid": "1:2"}
+    assert "observation.environment_state" in info["features"] and "observation.images.corner" in info["features"]
+    episodes = load_episodes(out)
+    assert [e.attrs["seed"] for e in episodes] == [0, 1] and episodes[0].images["corner"].shape[1:] == (64, 64, 3)
+    assert episodes[0].language == "open the drawer" and episodes[0].state is not None
+    assert main([*args, "--format", "lerobot", "--no-progress"]) == 2  # never replaced without --overwrite
