@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import string
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from voltron.sim.render import OffscreenRenderer
-from voltron.sim.tasks import TaskSpec, get_task, task_names
+from voltron.sim.tasks import KITCHEN_TASKS, TaskSpec, get_task, task_names
 
 _LANGUAGE_CHARSET = string.ascii_letters + string.digits + " ,.'-"
 
@@ -18,6 +19,20 @@ _LANGUAGE_CHARSET = string.ascii_letters + string.digits + " ,.'-"
 # keeps 17k of its 68k triangles, frames differ by under 0.5/255 on average, and a frame renders about 1.5x faster
 # in software GL (bench/render.py). Demos record the value (env_args); evaluation renders with the same default.
 DEFAULT_MESH_CELL = 0.008
+
+
+def task_spaces(task: TaskSpec, image_shape: tuple[int, int]) -> tuple[spaces.Box, spaces.Dict]:
+    """The action space ([-1, 1]^action_dim) and the observation space {"image", "proprio", "language"} that every
+    task env declares."""
+    action_space = spaces.Box(-1.0, 1.0, shape=(task.action_dim,), dtype=np.float32)
+    observation_space = spaces.Dict(
+        {
+            "image": spaces.Box(0, 255, shape=(*image_shape, 3), dtype=np.uint8),
+            "proprio": spaces.Box(-np.inf, np.inf, shape=(len(task.proprio_keys),), dtype=np.float32),
+            "language": spaces.Text(max_length=256, charset=_LANGUAGE_CHARSET),
+        }
+    )
+    return action_space, observation_space
 
 
 class SimEnv(gym.Env):
@@ -73,14 +88,7 @@ class SimEnv(gym.Env):
             mesh_cell=mesh_cell,
         )
         self.mesh_cell = mesh_cell
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, shape=(*self.image_shape, 3), dtype=np.uint8),
-                "proprio": spaces.Box(-np.inf, np.inf, shape=(len(self.task.proprio_keys),), dtype=np.float32),
-                "language": spaces.Text(max_length=256, charset=_LANGUAGE_CHARSET),
-            }
-        )
+        self.action_space, self.observation_space = task_spaces(self.task, self.image_shape)
         self._steps = 0
         self._last_image: np.ndarray | None = None
 
@@ -138,17 +146,28 @@ class SimEnv(gym.Env):
         super().close()
 
 
-def make_env(task: str | TaskSpec, **kwargs: Any) -> SimEnv:
-    """A `SimEnv` for `task`; keyword arguments as for `SimEnv`."""
-    return SimEnv(task, **kwargs)
+# TaskSpec.family -> the env class that runs it ("module:Class", imported when first built)
+ENV_CLASSES = {"metaworld": "voltron.sim.env:SimEnv", "kitchen": "voltron.sim.kitchen:KitchenEnv"}
+
+
+def env_class(task: str | TaskSpec) -> type[gym.Env]:
+    """The env class for `task`: `SimEnv` for MetaWorld, `voltron.sim.kitchen.KitchenEnv` for Franka Kitchen."""
+    module, name = ENV_CLASSES[get_task(task).family].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_env(task: str | TaskSpec, **kwargs: Any) -> gym.Env:
+    """The env for `task` (any family); keyword arguments as for `SimEnv`, which every env class takes."""
+    return env_class(task)(task, **kwargs)
 
 
 def _register_gymnasium_ids() -> None:
-    # `gymnasium.make("voltron/drawer-open")` works too; SimEnv enforces its own horizon.
-    for name in task_names():
+    # `gymnasium.make("voltron/drawer-open")` (or "voltron/kitchen-micro-open") works too; the envs enforce their
+    # own horizon.
+    for name in [*task_names(), *KITCHEN_TASKS]:
         env_id = f"voltron/{name}"
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point="voltron.sim.env:SimEnv", kwargs={"task": name})
+            gym.register(env_id, entry_point=ENV_CLASSES[get_task(name).family], kwargs={"task": name})
 
 
 _register_gymnasium_ids()

@@ -1,4 +1,5 @@
-"""The MetaWorld task registry: the five CortexBench evaluation tasks and the 45 others used for the sim corpus."""
+"""The task registry: the five CortexBench MetaWorld evaluation tasks, the 45 others used for the sim corpus, and
+the five Franka Kitchen tasks (R3M's kitchen_*-v3, see voltron.sim.kitchen)."""
 
 from __future__ import annotations
 
@@ -80,31 +81,65 @@ class UnknownTaskError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One MetaWorld task: how to build it, what to observe, and what to say about it."""
+    """One task: how to build it, what to observe, and what to say about it."""
 
     name: str  # e.g. "drawer-open"
     language: str  # the instruction given to language-conditioned policies, e.g. "open the drawer"
     camera: str = DEFAULT_CAMERA
     horizon: int = DEFAULT_HORIZON
     proprio_keys: tuple[str, ...] = PROPRIO_KEYS
+    family: str = "metaworld"  # which env class runs it (voltron.sim.env.make_env): "metaworld" or "kitchen"
+    action_dim: int = 4
+    state_dim: int = 39  # the privileged low-dim state (info["state"]) a state oracle reads
+    views: tuple[str, ...] = ()  # cameras its demos record and a suite reports (default: just `camera`)
+    upstream_id: str | None = None  # the original env id, when it is not "<name>-v3"
 
     @property
     def env_id(self) -> str:
-        """MetaWorld's id for this task, e.g. "drawer-open-v3"."""
-        return f"{self.name}-v3"
+        """The original env's id, e.g. MetaWorld's "drawer-open-v3" or R3M's "kitchen_micro_open-v3"."""
+        return self.upstream_id or f"{self.name}-v3"
 
     @property
     def is_eval(self) -> bool:
-        """True for the five evaluation tasks, which the pretraining corpus must never show."""
-        return self.name in EVAL_TASKS
+        """True for evaluation tasks (MetaWorld's five and the kitchen's), which the pretraining corpus must never
+        show."""
+        return self.name in EVAL_TASKS or self.family != "metaworld"
 
     def make_env(self, horizon: int | None = None) -> SawyerXYZEnv:
         """The raw MetaWorld environment (39-d state observations, no rendering); see `make_metaworld_env`."""
+        if self.family != "metaworld":
+            raise UnknownTaskError(f"{self.name} is a {self.family} task; build it with voltron.sim.env.make_env")
         return make_metaworld_env(self.env_id, horizon=horizon or self.horizon)
 
 
 TASKS: dict[str, TaskSpec] = {name: TaskSpec(name, language) for name, language in _INSTRUCTIONS.items()}
 CORPUS_TASKS = tuple(name for name in TASKS if name not in EVAL_TASKS)  # 45 names, alphabetical
+
+# Franka Kitchen (voltron.sim.kitchen holds the goals and the env): R3M's five kitchen_*-v3 tasks, 50 steps, 9-d
+# joint-velocity actions, 9-d proprio (7 arm joints, 2 fingers), two views.
+KITCHEN_PROPRIO_KEYS = (*(f"panda_joint{i}" for i in range(1, 8)), "finger_joint1", "finger_joint2")
+_KITCHEN = {
+    "kitchen-knob-on": ("turn the oven knob", "kitchen_knob1_on-v3"),
+    "kitchen-light-on": ("switch on the light", "kitchen_light_on-v3"),
+    "kitchen-sdoor-open": ("slide the cabinet door open", "kitchen_sdoor_open-v3"),
+    "kitchen-ldoor-open": ("open the left cabinet door", "kitchen_ldoor_open-v3"),
+    "kitchen-micro-open": ("open the microwave", "kitchen_micro_open-v3"),
+}
+KITCHEN_TASKS: dict[str, TaskSpec] = {
+    name: TaskSpec(
+        name,
+        language,
+        camera="left_cap2",
+        horizon=50,
+        proprio_keys=KITCHEN_PROPRIO_KEYS,
+        family="kitchen",
+        action_dim=9,
+        state_dim=39,
+        views=("left_cap2", "right_cap2"),
+        upstream_id=upstream,
+    )  # fmt: skip
+    for name, (language, upstream) in _KITCHEN.items()
+}
 
 
 def task_names() -> list[str]:
@@ -113,14 +148,19 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str | TaskSpec) -> TaskSpec:
-    """The registered task called `name` ("drawer-open"; MetaWorld's "drawer-open-v3" is accepted too)."""
+    """The registered task called `name` ("drawer-open"; MetaWorld's "drawer-open-v3" is accepted too, and so are
+    the kitchen's R3M ids, e.g. "kitchen_micro_open-v3")."""
     if isinstance(name, TaskSpec):
         return name
-    key = name.strip().lower().removesuffix("-v3")
+    key = name.strip().lower()
+    kitchen = KITCHEN_TASKS.get(key) or next((t for t in KITCHEN_TASKS.values() if t.env_id == key), None)
+    if kitchen is not None:
+        return kitchen
+    key = key.removesuffix("-v3")
     if key not in TASKS:
         raise UnknownTaskError(
             f"unknown task {name!r}. Evaluation tasks: {', '.join(EVAL_TASKS)}. "
-            f"Other MetaWorld tasks: {', '.join(CORPUS_TASKS)}."
+            f"Other MetaWorld tasks: {', '.join(CORPUS_TASKS)}. Franka Kitchen tasks: {', '.join(KITCHEN_TASKS)}."
         )
     return TASKS[key]
 

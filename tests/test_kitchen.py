@@ -1,0 +1,158 @@
+"""Franka Kitchen on real MuJoCo: the five R3M tasks against the original's goals and ranges, the Gymnasium contract,
+reset randomisation, the success rule, and the scripted experts."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from voltron.sim.env import make_env
+from voltron.sim.kitchen import (
+    CAMERAS,
+    DESK_JITTER,
+    GOALS,
+    HORIZON,
+    OBJECT_JOINTS,
+    SUCCESS_STEPS,
+    KitchenEnv,
+    build_model,
+    joint_range,
+)
+from voltron.sim.render import mujoco
+from voltron.sim.tasks import KITCHEN_TASKS, TASKS, get_task
+
+# RoboHive v0.0.5 (`mj_envs/envs/relay_kitchen/__init__.py` for the goals; the joint ranges from the furniture_sim
+# submodule it pins, 7288196: oven_body.xml, slidecabinet_body.xml, hingecabinet_body.xml, microwave_body.xml):
+# task -> (R3M id, original joint, goal, original range).
+R3M_ORIGINAL = {
+    "kitchen-knob-on": ("kitchen_knob1_on-v3", "knob1_joint", -1.57, (-1.57, 0.0)),
+    "kitchen-light-on": ("kitchen_light_on-v3", "lightswitch_joint", -0.7, (-0.7, 0.0)),
+    "kitchen-sdoor-open": ("kitchen_sdoor_open-v3", "slidedoor_joint", 0.44, (0.0, 0.44)),
+    "kitchen-ldoor-open": ("kitchen_ldoor_open-v3", "leftdoorhinge", -1.25, (-1.57, 0.0)),
+    "kitchen-micro-open": ("kitchen_micro_open-v3", "microjoint", -1.25, (-2.094, 0.0)),
+}
+# The other articulated joints' original ranges, which the success rule also checks (their goal is their start).
+R3M_OTHER_RANGES = {
+    "knob_Joint_2": (-1.57, 0.0), "knob_Joint_3": (-1.57, 0.0), "knob_Joint_4": (-1.57, 0.0),
+    "right_hinge_cabinet": (0.0, 1.57),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model()
+
+
+def test_goals_and_ranges_match_the_original(model):
+    assert set(GOALS) == set(KITCHEN_TASKS) == set(R3M_ORIGINAL)
+    for task, (r3m_id, r3m_joint, goal, original_range) in R3M_ORIGINAL.items():
+        spec = GOALS[task]
+        assert (spec.r3m_id, spec.r3m_joint, spec.goal) == (r3m_id, r3m_joint, goal)
+        assert joint_range(model, spec.joint) == pytest.approx(original_range, abs=1e-6), task
+        low, high = original_range
+        assert low <= goal <= high
+        assert get_task(r3m_id) is KITCHEN_TASKS[task] and KITCHEN_TASKS[task].env_id == r3m_id
+    for joint, original_range in R3M_OTHER_RANGES.items():
+        assert joint_range(model, joint) == pytest.approx(original_range, abs=1e-6), joint
+    assert len(OBJECT_JOINTS) == 9
+
+
+def test_cameras_are_the_originals(model):
+    for camera in CAMERAS:
+        assert int(model.cam(camera).mode[0]) == mujoco.mjtCamLight.mjCAMLIGHT_TARGETBODY  # as defined there
+    assert model.body(int(model.cam("left_cap2").targetbodyid[0])).name == "knob 1"
+    assert model.body(int(model.cam("right_cap2").targetbodyid[0])).name == "microwave"
+
+
+def test_registry_keeps_metaworld_and_adds_the_kitchen():
+    assert not set(KITCHEN_TASKS) & set(TASKS)
+    for spec in KITCHEN_TASKS.values():
+        assert (spec.family, spec.horizon, spec.action_dim, len(spec.proprio_keys)) == ("kitchen", HORIZON, 9, 9)
+        assert spec.views == CAMERAS and spec.is_eval and spec.state_dim == KitchenEnv.STATE_DIM
+    assert get_task("drawer-open").family == "metaworld" and get_task("drawer-open").action_dim == 4
+
+
+@pytest.mark.parametrize("task", sorted(GOALS))
+def test_every_kitchen_env_passes_check_env(task):
+    env = make_env(task, image_size=16)
+    try:
+        assert isinstance(env, KitchenEnv)
+        check_env(env, skip_render_check=False)
+        obs, info = env.reset(seed=3)
+        assert obs["image"].shape == (16, 16, 3) and obs["image"].dtype == np.uint8 and obs["image"].any()
+        assert obs["proprio"].shape == (9,) and obs["proprio"].dtype == np.float32
+        assert info["state"].shape == (KitchenEnv.STATE_DIM,) and not info["success"]
+        assert obs["language"] == KITCHEN_TASKS[task].language
+    finally:
+        env.close()
+
+
+def test_gymnasium_ids_and_other_view():
+    env = gym.make("voltron/kitchen-micro-open", image_size=16, camera="right_cap2")
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["image"].shape == (16, 16, 3)
+        assert not np.array_equal(env.unwrapped.render_camera("left_cap2"), obs["image"])
+    finally:
+        env.close()
+
+
+def test_reset_is_reproducible_and_randomised():
+    env = KitchenEnv("kitchen-light-on", image_size=16, render_images=False)
+    try:
+        offsets, arms = [], []
+        for seed in (0, 1, 0):
+            obs, info = env.reset(seed=seed)
+            offsets.append(env.desk_offset.copy())
+            arms.append(obs["proprio"].copy())
+            assert np.all(np.abs(env.desk_offset) <= DESK_JITTER) and env.data.ncon <= 4
+        assert np.array_equal(offsets[0], offsets[2]) and np.array_equal(arms[0], arms[2])
+        assert not np.allclose(offsets[0], offsets[1]) and not np.allclose(arms[0], arms[1])
+        with pytest.raises(ValueError, match="9 finite"):
+            env.step(np.full(9, np.nan, np.float32))
+        with pytest.raises(ValueError, match="9 finite"):
+            env.step(np.zeros(4, np.float32))
+    finally:
+        env.close()
+
+
+def test_render_images_false_observes_a_blank_frame():
+    env = KitchenEnv("kitchen-knob-on", image_size=8, render_images=False)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs["image"].shape == (8, 8, 3) and not obs["image"].any()
+    finally:
+        env.close()
+
+
+def test_success_needs_the_goal_held_for_more_than_five_steps():
+    env = KitchenEnv("kitchen-sdoor-open", image_size=8, render_images=False)
+    try:
+        env.reset(seed=0)
+        address = env.model.jnt_qposadr[env.model.joint("slide_cabinet").id]
+        hold = np.zeros(9, np.float32)
+        env.data.qpos[address] = 0.44 - 0.5 * 0.15 * 0.44  # within 15% of the range
+        successes = []
+        for _ in range(SUCCESS_STEPS + 2):
+            _, reward, _, _, info = env.step(hold)
+            successes.append(info["success"])
+            assert info["solved"] and reward == pytest.approx(-env.goal_error())
+        assert successes == [False] * SUCCESS_STEPS + [True, True]
+        # Another object moved by more than 15% of its range fails the step, as in the original.
+        env.data.qpos[env.model.jnt_qposadr[env.model.joint("microwave").id]] = -0.2 * 2.094
+        assert not env.solved()
+        env.data.qpos[env.model.jnt_qposadr[env.model.joint("microwave").id]] = 0.0
+        env.data.qpos[address] = 0.44 - 0.2 * 0.44
+        assert not env.solved() and env.goal_error() == pytest.approx(0.088)
+    finally:
+        env.close()
+
+
+def test_differences_are_stated():
+    from voltron.sim.kitchen import DIFFERENCES, MAX_JOINT_SPEED
+
+    assert MAX_JOINT_SPEED == pytest.approx(2 * math.pi) and len(DIFFERENCES) >= 4
