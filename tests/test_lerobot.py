@@ -442,3 +442,27 @@ def test_sim_collect_writes_a_lerobot_dataset(tmp_path):
     assert [e.attrs["seed"] for e in episodes] == [0, 1] and episodes[0].images["corner"].shape[1:] == (64, 64, 3)
     assert episodes[0].language == "open the drawer" and episodes[0].state is not None
     assert main([*args, "--format", "lerobot", "--no-progress"]) == 2  # never replaced without --overwrite
+
+
+def test_train_policy_on_a_lerobot_dataset_decodes_each_video_once(h264_dataset, tmp_path):
+    from voltron.policy.config import load_bc_config
+    from voltron.policy.train import train_policy
+
+    overrides = [
+        "--policy.encoder=r-mvp-tiny",
+        "--policy.pretrained=false",
+        "--policy.encoder_overrides={image_size: 64}",
+    ]
+    overrides += ["--policy.camera=wrist", "--policy.extractor=mean", "--train.steps=40", "--train.batch_size=8"]
+    before = DECODE_STATS.as_dict()
+    summary = train_policy(load_bc_config(None, overrides), h264_dataset, tmp_path / "run", progress=False)
+    after = DECODE_STATS.as_dict()
+    assert (
+        summary["train_episodes"] == 2 and summary["valid_episodes"] == 1 and summary["demo_seeds"] == [100, 101, 102]
+    )
+    # 40 steps of 8 over 36 windows is ~9 epochs; the frozen encoder's tokens are cached, so each of the 3 episodes'
+    # 2 videos is decoded once, when the demos load (PyAV's check of decord's first read of a file aside).
+    decoded = sum(
+        after[k] - before[k] for k in ("decord_segments", "pyav_segments", "verified_files") if k != "verified_files"
+    )
+    assert decoded - (after["verified_files"] - before["verified_files"]) == 3 * 2
