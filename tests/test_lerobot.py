@@ -31,7 +31,7 @@ from voltron.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = REPO / "tests" / "lerobot_peer" / "lerobot_peer.py"
-sys.path.insert(0, str(PEER_SCRIPT.parent))
+sys.path[:0] = [str(PEER_SCRIPT.parent), str(REPO / "tests")]  # the peer's frame pattern, DROID fixtures
 from lerobot_peer import pattern_frame  # noqa: E402  (numpy only: the frames the peer writes)
 
 LENGTHS = (12, 9, 15)
@@ -464,3 +464,33 @@ def test_train_policy_on_a_lerobot_dataset_decodes_each_video_once(h264_dataset,
     # 2 videos is decoded once, when the demos load (PyAV's check of decord's first read of a file aside).
     delta = {k: after[k] - before[k] for k in after}
     assert delta["decord_segments"] + delta["pyav_segments"] - delta["verified_files"] == 3 * 2
+
+
+def test_droid_raw_to_lerobot_to_train_policy(tmp_path):
+    from test_episodes import SERIALS, make_droid_episode
+
+    from voltron.cli import main
+
+    raw = tmp_path / "droid_raw"
+    for i in range(3):
+        make_droid_episode(raw / f"episode_{i}", seed=i, uuid=f"TESTLab+5d05c5aa+2023-07-07-09h-4{i}m-23s")
+    out = tmp_path / "droid_lerobot"
+    assert main(["demos", "convert", str(raw), str(out), "--to", "lerobot", "--vcodec", "h264", "--no-progress"]) == 0
+    info = json.loads((out / "meta/info.json").read_text())
+    assert info["fps"] == 15 and info["robot_type"] == "franka" and info["total_episodes"] == 3
+    assert {k for k in info["features"] if k.startswith("observation.images.")} == {
+        "observation.images.exterior_1_left",
+        "observation.images.exterior_2_left",
+        "observation.images.wrist_left",
+    }  # fmt: skip — DROID-in-LeRobot's camera names, as LeRobot's port_droid.py writes them
+    raw_episodes, converted = load_episodes(raw), load_episodes(out)
+    by_id = {e.attrs["episode_id"]: e for e in converted}
+    for episode in raw_episodes:
+        copy = by_id[episode.attrs["episode_id"]]
+        np.testing.assert_array_equal(copy.actions, episode.actions)
+        assert copy.language == episode.language and copy.attrs["camera_serial_wrist"] == SERIALS["wrist"]
+        assert mean_abs(copy.images["ext1"], episode.images["ext1"]) < CODEC_TOLERANCE
+    run = tmp_path / "run"
+    train = ["train-policy", "--demos", str(out), "--encoder", "none", "--out", str(run), "--no-progress"]
+    assert main([*train, "--train.steps=5", "--train.batch_size=4"]) == 0
+    assert json.loads((run / "config.json").read_text())["training"]["train_episodes"] >= 1
