@@ -821,27 +821,29 @@ class LeRobotWriter:
         self.group = 0  # index of the next group of files
         self._open: dict | None = None  # the group being written
         self._finalized = False
+        self._check_lock()  # before anything in the staging folder is touched
         if self.staging.exists() and not resume:
             shutil.rmtree(self.staging)
         if self.staging.exists():
             self._resume()
         self.staging.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        (self.staging / ".lock").write_text(str(os.getpid()))
 
     # -- resume and lock ---------------------------------------------------------------------------------------------
-    def _lock(self) -> None:
+    def _check_lock(self) -> None:
+        """Refuse while another live process writes the staging folder (a killed writer's lock is stale)."""
         lock = self.staging / ".lock"
-        if lock.exists():
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-                if pid != os.getpid():
-                    raise UserError(f"another writer (pid {pid}) is writing it", source=self.staging)
-            except (ValueError, ProcessLookupError):
-                pass  # a killed writer's lock
-            except PermissionError as err:
-                raise UserError("another user's writer holds it", source=self.staging) from err
-        lock.write_text(str(os.getpid()))
+        if not lock.exists():
+            return
+        try:
+            pid = int(lock.read_text().strip() or 0)
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except PermissionError:  # alive, another user's
+            raise UserError(f"another user's writer (pid {pid}) is writing it", source=self.staging) from None
+        except (ValueError, OSError):
+            return
+        if pid != os.getpid():
+            raise UserError(f"another writer (pid {pid}) is writing it", source=self.staging)
 
     def _resume(self) -> None:
         progress_path = self.staging / "meta" / PROGRESS_NAME
@@ -1049,6 +1051,7 @@ class LeRobotWriter:
             options = {"g": str(self.settings["gop"]), "crf": str(self.settings["crf"])}
             if self.settings["vcodec"] == "libsvtav1":
                 options["preset"] = "12"  # LeRobot's encode_video_frames default
+                os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at info level
             rate = Fraction(self.fps).limit_denominator(1000)
             stream = container.add_stream(ENCODERS[self.settings["vcodec"]], rate=rate, options=options)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"

@@ -494,3 +494,19 @@ def test_droid_raw_to_lerobot_to_train_policy(tmp_path):
     train = ["train-policy", "--demos", str(out), "--encoder", "none", "--out", str(run), "--no-progress"]
     assert main([*train, "--train.steps=5", "--train.batch_size=4"]) == 0
     assert json.loads((run / "config.json").read_text())["training"]["train_episodes"] >= 1
+
+
+def test_a_second_writer_is_refused_while_the_first_is_alive(tmp_path):
+    staging = tmp_path / ".out.partial"
+    staging.mkdir()
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (staging / ".lock").write_text(str(other.pid))
+        with pytest.raises(UserError, match=f"another writer \\(pid {other.pid}\\) is writing it"):
+            LeRobotWriter(tmp_path / "out", fps=10)
+        assert staging.exists()  # its files were left alone
+    finally:
+        other.kill()
+        other.wait()
+    with LeRobotWriter(tmp_path / "out", fps=10) as writer:  # a dead writer's lock is stale
+        assert writer.episodes_done == 0
