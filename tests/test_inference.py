@@ -26,7 +26,6 @@ from voltron.models.inference import (
     resolve_choices,
 )
 
-TASK = "drawer-open"
 FAST_PATHS = [
     pytest.param(InferenceSpec(precision, backend), id=f"{precision}-{backend}", marks=_marks)
     for backend, precisions in BACKEND_PRECISIONS.items()
@@ -53,27 +52,13 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def policy_and_obs(tmp_path_factory):
-    """A tiny V-Cond policy trained on three real drawer-open demos at 64 px, and a batch of its demo frames."""
-    from voltron.policy.config import load_bc_config
+def policy_and_obs(tiny_policy, sim_demos):
+    """The tiny V-Cond policy trained on three real drawer-open demos at 64 px (conftest.py), and a batch of its
+    demo frames."""
     from voltron.policy.model import load_policy
-    from voltron.policy.train import train_policy
-    from voltron.sim.collect import collect
 
-    root = tmp_path_factory.mktemp("inference")
-    demos, _ = collect(TASK, 3, root / "demos.hdf5", seed=0, image_size=64, valid_fraction=0.34, progress=False)
-    config = load_bc_config(
-        None,
-        [
-            "--policy.encoder=v-cond-tiny", "--policy.pretrained=false", "--policy.encoder_overrides={image_size: 64}",
-            "--policy.hidden_dims=[64,64]", "--train.steps=60", "--train.batch_size=64", "--train.valid_every=30",
-        ],
-    )  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        train_policy(config, demos, root / "policy", progress=False)
-    policy = load_policy(root / "policy")
-    with DemoFile(demos, split="train") as demo_file:
+    policy = load_policy(tiny_policy[0])
+    with DemoFile(sim_demos, split="train") as demo_file:
         episode = demo_file[0]
     frames = episode.images[sorted(episode.images)[0]][::4]  # every 4th frame of a whole episode
     obs = {"image": frames, "proprio": episode.proprio[::4], "language": [episode.language] * len(frames)}

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from voltron.policy.config import load_bc_config
@@ -91,15 +90,8 @@ def test_killed_collect_keeps_the_previous_demos_and_reruns(sig, tmp_path):
 
 
 @pytest.fixture()
-def demos(tmp_path) -> Path:
-    from voltron.datasets.demos import Episode, write_demos
-
-    rng = np.random.default_rng(0)
-    episodes = [
-        Episode({"cam": np.zeros((8, 8, 8, 3), np.uint8)}, rng.normal(size=(8, 3)), rng.normal(size=(8, 2)), "reach")
-        for _ in range(3)
-    ]
-    return write_demos(tmp_path / "demos.hdf5", episodes, {"env_name": "test"}, valid_fraction=0.3)
+def demos(tmp_path, make_demos) -> Path:
+    return make_demos(tmp_path / "demos.hdf5")
 
 
 def test_sigterm_during_train_policy_overwrite_keeps_the_previous_run(demos, tmp_path):

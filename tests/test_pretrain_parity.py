@@ -1,6 +1,7 @@
 """Pretraining-objective parity, so the losses cannot drift unnoticed.
 
-- Every registered family's loss on fixed seeded inputs (tiny sizes) against golden values recorded here.
+- Every registered family's loss on fixed seeded inputs (tiny sizes), and after 3 seeded AdamW steps, against golden
+  values recorded here.
 - R-R3M (ViT and ResNet-50) against an upstream-equivalent computation: the loss arithmetic of upstream Voltron's
   `voltron/models/reproductions/vr3m.py` and `vrn3m.py` (siddk/voltron-robotics), written out below on the same
   embeddings and the same permutation draws (torch.randperm on the CPU, in upstream's order).
@@ -104,6 +105,34 @@ def test_loss_matches_golden_values(family):
     assert loss == pytest.approx(expected_loss, rel=1e-4, abs=1e-6), (family, loss, metrics)
     for key, value in expected_metrics.items():
         assert metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (family, key, metrics)
+
+
+# family -> the loss after 1, 2 and 3 AdamW steps (train_step, lr 1e-3, the default weight decay) on make_batch's batch,
+# from make_model's weights with torch seeded LOSS_SEED before the first step: recorded from this implementation.
+GOLDEN_AFTER_STEPS: dict[str, tuple[float, float, float]] = {
+    "r-mvp": (1.0823078155517578, 1.0413891077041626, 1.0096156597137451),
+    "r-r3m-rn50": (20.05946159362793, 20.052288055419922, 20.05233383178711),
+    "r-r3m-vit": (4.1663498878479, 3.5229616165161133, 3.320643424987793),
+    "v-cond": (1.1131082773208618, 1.0768160820007324, 1.0451000928878784),
+    "v-dual": (1.128075122833252, 1.0968174934387207, 1.068922996520996),
+    "v-gen": (6.2392778396606445, 6.158339977264404, 6.0808820724487305),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_loss_after_seeded_steps_matches_golden_values(family):
+    """The whole step (loss, backward, AdamW with the decay rule) cannot drift unnoticed either."""
+    from voltron.pretrain.optim import build_optimizer
+    from voltron.pretrain.trainer import Objective, train_step
+
+    assert family in GOLDEN_AFTER_STEPS, f"no golden step values for {family}: record them when registering a family"
+    model = make_model(family)
+    batch, objective = make_batch(model), Objective(model)
+    optimizer = build_optimizer(objective.named_parameters(), lr=1e-3)
+    torch.manual_seed(LOSS_SEED)
+    losses = [train_step(objective, optimizer, [batch], 1e-3).loss for _ in range(4)]  # loss before each update
+    assert losses[0] == pytest.approx(GOLDEN[family][0], rel=1e-4, abs=1e-6)
+    assert losses[1:] == pytest.approx(GOLDEN_AFTER_STEPS[family], rel=1e-4, abs=1e-6), (family, losses)
 
 
 # === Upstream Voltron's R3M loss (vr3m.py / vrn3m.py), written out on our model's embeddings and reward MLP ===

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _corpus  # noqa: E402
-
-from voltron.datasets.loader import build_dataloader, open_store  # noqa: E402
-from voltron.datasets.sampling import SCHEMES, example_seed, frame_indices, get_scheme, sample_quintet  # noqa: E402
+from voltron.datasets.loader import build_dataloader, open_store
+from voltron.datasets.sampling import SCHEMES, example_seed, frame_indices, get_scheme, sample_quintet
 
 UPSTREAM = {
     "state": (5, 1, False),
@@ -24,8 +18,8 @@ UPSTREAM = {
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return _corpus.make_store(tmp_path_factory.mktemp("sampling"))
+def store(tiny_store):
+    return tiny_store  # the standard corpus's store, shared with the other data tests (conftest.py)
 
 
 def test_registry_holds_upstream_modalities():
@@ -82,7 +76,7 @@ def test_examples_of_a_clip_share_its_quintet():
 
 
 @pytest.mark.parametrize("modality", list(UPSTREAM))
-def test_dataset_examples_follow_the_batch_contract(store, modality):
+def test_dataset_examples_follow_the_batch_contract(store, modality, clips):
     root, expected = store
     dataset = open_store(root, "train", modality, seed=5)
     per_clip, n_frames, language = UPSTREAM[modality]
@@ -102,7 +96,7 @@ def test_dataset_examples_follow_the_batch_contract(store, modality):
             assert example["input_ids"].dtype == example["attention_mask"].dtype == torch.int64
         # The pixels are the frames the indices name (each generated frame encodes its own number).
         frames = example["frames"].reshape(-1, 3, 32, 32)
-        assert [_corpus.frame_number(f.numpy()) for f in frames] == example["frame_indices"].tolist()
+        assert [clips.frame_number(f.numpy()) for f in frames] == example["frame_indices"].tolist()
         total = expected["frames"][clip_ids[index // per_clip]]
         indices = example["frame_indices"].tolist()
         assert indices == sorted(indices) and 0 <= indices[0] and indices[-1] < total

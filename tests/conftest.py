@@ -1,12 +1,22 @@
-"""Small generated corpora for the data tests: real VP9/H.264 clips whose frames show which frame they are."""
+"""Shared test factories, as fixtures: generated video clips and corpora, a tiny preprocessed store, real
+scripted-expert demos, synthetic demo files and a tiny trained policy. Session-scoped where tests only read them,
+so each is built once per run.
+
+The clip helpers (`frame_pattern`, `frame_number`, `make_clip`, ...) are reached through the `clips` fixture.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
 
 from voltron.datasets.video import write_video
 
@@ -127,3 +137,90 @@ def make_store(root: Path, **settings) -> tuple[Path, dict]:
     config = {"size": 32, "clips_per_shard": 2, "n_val": 2, "workers": 1, "progress": False, **settings}
     preprocess(PreprocessConfig("sth-sth-v2", root / "raw", root / "store", **config))
     return root / "store", expected
+
+
+# === Fixtures ===
+SIM_TASK = "drawer-open"  # the task of the shared scripted demos and the tiny policy
+
+
+@pytest.fixture(scope="session")
+def clips() -> ModuleType:
+    """This module: the generated-clip helpers and the standard corpus (`clips.make_clip`, `clips.TRAIN`, ...)."""
+    return sys.modules[__name__]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> tuple[Path, dict]:
+    """The standard corpus preprocessed into a store, (store, expected); tests must only read it."""
+    return make_store(tmp_path_factory.mktemp("tiny-store"))
+
+
+@pytest.fixture(scope="session")
+def sim_demos(tmp_path_factory) -> Path:
+    """Three real scripted-expert demos of drawer-open rendered at 64 px (2 train, 1 valid); read-only."""
+    from voltron.sim.collect import collect
+
+    path = tmp_path_factory.mktemp("sim-demos") / f"{SIM_TASK}.hdf5"
+    collect(SIM_TASK, 3, path, seed=0, image_size=64, valid_fraction=0.34, progress=False)
+    return path
+
+
+@pytest.fixture
+def make_demos() -> Callable[..., Path]:
+    """A factory of synthetic demo files (robomimic-style HDF5 through the real writer): `make_demos(path,
+    episodes=3, steps=8, size=8, proprio_dim=3, action_dim=2, language="reach", valid_fraction=0.3, seed=0)`."""
+    from voltron.datasets.demos import Episode, write_demos
+
+    def make(
+        path: Path,
+        episodes: int = 3,
+        steps: int = 8,
+        *,
+        size: int = 8,
+        proprio_dim: int = 3,
+        action_dim: int = 2,
+        language: str = "reach",
+        valid_fraction: float = 0.3,
+        seed: int = 0,
+    ) -> Path:
+        rng = np.random.default_rng(seed)
+        made = [
+            Episode(
+                {"cam": np.zeros((steps, size, size, 3), np.uint8)},
+                rng.normal(size=(steps, proprio_dim)),
+                rng.normal(size=(steps, action_dim)),
+                language,
+            )
+            for _ in range(episodes)
+        ]
+        return write_demos(path, made, {"env_name": "test"}, valid_fraction=valid_fraction)
+
+    return make  # fmt: skip
+
+
+def tiny_bc_config(*extra: str, steps: int = 40, random_encoder: bool = True):
+    """A BC config for a V-Cond-tiny policy on 64 px frames with a small head; `extra` are dotted overrides."""
+    from voltron.policy.config import load_bc_config
+
+    random = ["--policy.pretrained=false", "--policy.encoder_overrides={image_size: 64}"] if random_encoder else []
+    overrides = ["--policy.encoder=v-cond-tiny", *random, "--policy.hidden_dims=[64,64]", f"--train.steps={steps}",
+                 "--train.batch_size=64", "--train.log_every=10", "--train.valid_every=20", *extra]  # fmt: skip
+    return load_bc_config(None, overrides)
+
+
+@pytest.fixture(scope="session")
+def bc_config() -> Callable[..., object]:
+    """`bc_config(*dotted_overrides, steps=40, random_encoder=True)`: the tiny policy's config (see tiny_bc_config)."""
+    return tiny_bc_config
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(sim_demos, tmp_path_factory) -> tuple[Path, dict]:
+    """A V-Cond-tiny (randomly initialised, frozen) BC policy trained 120 steps on `sim_demos`: (run dir, summary)."""
+    from voltron.policy.train import train_policy
+
+    out = tmp_path_factory.mktemp("tiny-policy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = train_policy(tiny_bc_config(steps=120), sim_demos, out, progress=False)
+    return out, summary
