@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from voltron.datasets.demos import Episode, write_demos
 from voltron.sim.env import SimEnv
-from voltron.sim.experts import ScriptedExpert, expert_policy_classes, rollout
+from voltron.sim.experts import expert_name, make_expert, rollout
 from voltron.sim.tasks import get_task
 
 
@@ -37,6 +37,10 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+# What each action dimension is, per task family (the kitchen's are joint velocities, named like its proprio).
+ACTION_KEYS = {"metaworld": ["dx", "dy", "dz", "gripper"]}
+
+
 def env_args_for(env: SimEnv, *, action_noise: float, seed: int) -> dict:
     """The `data` attribute `env_args`: enough to rebuild the environment the demos came from."""
     env_kwargs = {
@@ -48,19 +52,26 @@ def env_args_for(env: SimEnv, *, action_noise: float, seed: int) -> dict:
     }
     return {
         "env_name": env.task.env_id,
-        "env_type": "metaworld",
+        "env_type": env.task.family,
         "env_kwargs": env_kwargs,
         "task": env.task.name,
         **env_kwargs,
         "language": env.task.language,
         "fps": env.metadata.get("render_fps"),  # steps per second, for formats that store a frame rate (LeRobot)
         "proprio_keys": list(env.task.proprio_keys),
-        "action_space": {"shape": [4], "low": -1.0, "high": 1.0, "keys": ["dx", "dy", "dz", "gripper"]},
-        "expert": expert_policy_classes()[env.task.name].__name__,
+        "action_space": {
+            "shape": [env.task.action_dim],
+            "low": -1.0,
+            "high": 1.0,
+            "keys": ACTION_KEYS.get(env.task.family, [f"{key}_velocity" for key in env.task.proprio_keys]),
+        },  # fmt: skip
+        "cameras": [env.camera, *(view for view in env.task.views if view != env.camera)],
+        "expert": expert_name(env.task),
         "action_noise": action_noise,
         "seed": seed,
         "metaworld_version": _version("metaworld"),
         "mujoco_version": _version("mujoco"),
+        **({"gymnasium_robotics_version": _version("gymnasium-robotics")} if env.task.family == "kitchen" else {}),
     }
 
 
@@ -81,13 +92,14 @@ def iter_successful_episodes(
     reproducible; each yielded episode records its reset seed in `attrs["seed"]`.
     """
     max_attempts = max_attempts or 4 * n_episodes
-    expert = ScriptedExpert(env.task, action_noise=action_noise)
+    expert = make_expert(env.task, action_noise=action_noise, env=env)
+    views = [view for view in env.task.views if view != env.camera]  # every view a suite reports, in one file
     bar = tqdm(total=n_episodes, desc=f"collect {env.task.name}", unit="demo", disable=not progress)
     try:
         while stats.successes < n_episodes and stats.attempts < max_attempts:
             episode_seed = seed + stats.attempts
             expert.reset(seed=[seed, stats.attempts])
-            record = rollout(env, expert, seed=episode_seed, post_success_steps=post_success_steps)
+            record = rollout(env, expert, seed=episode_seed, post_success_steps=post_success_steps, views=views)
             stats.attempts += 1
             bar.set_postfix(expert_success=f"{stats.successes + record.success}/{stats.attempts}")
             if not record.success:
@@ -97,7 +109,7 @@ def iter_successful_episodes(
             dones = np.zeros(len(record), np.uint8)
             dones[-1] = 1
             yield Episode(
-                images={env.camera: np.stack(record.images)},
+                images={env.camera: np.stack(record.images), **{c: np.stack(f) for c, f in record.views.items()}},
                 proprio=np.stack(record.proprio),
                 state=np.stack(record.states),
                 actions=np.stack(record.actions),

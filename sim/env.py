@@ -36,7 +36,8 @@ def task_spaces(task: TaskSpec, image_shape: tuple[int, int]) -> tuple[spaces.Bo
 
 
 class SimEnv(gym.Env):
-    """A MetaWorld task as a Gymnasium env with observations {"image", "proprio", "language"}.
+    """A MetaWorld task as a Gymnasium env with observations {"image", "proprio", "language"} (for a Franka Kitchen
+    task, `SimEnv(task)` builds a `voltron.sim.kitchen.KitchenEnv` instead).
 
     - `image`: (H, W, 3) uint8 from the task's camera (default `corner`, 224x224), upright (see FLIPPED_CAMERAS).
     - `proprio`: (4,) float32, hand xyz in metres and gripper opening in [0, 1].
@@ -52,6 +53,14 @@ class SimEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # MetaWorld steps at 80 Hz (5 x 2.5 ms)
+
+    def __new__(cls, task: str | TaskSpec, *args: Any, **kwargs: Any) -> gym.Env:
+        # SimEnv(task) builds the env class of the task's family (ENV_CLASSES), so every caller that names SimEnv
+        # (evaluation, vector envs, collection) runs the Franka Kitchen tasks too; Python then skips __init__ here.
+        env_cls = env_class(task)
+        if cls is SimEnv and env_cls is not SimEnv:
+            return env_cls(task, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,23 @@ class ScriptedExpert:
         return np.stack([self(state) for state in np.asarray(states)])
 
 
-def make_expert(task: str | TaskSpec, *, action_noise: float = 0.0, seed: int | None = None) -> ScriptedExpert:
+def expert_name(task: str | TaskSpec) -> str:
+    """The class name of `task`'s scripted expert (demo files record it)."""
+    spec = get_task(task)
+    return "KitchenExpert" if spec.family == "kitchen" else expert_policy_classes()[spec.name].__name__
+
+
+def make_expert(
+    task: str | TaskSpec, *, action_noise: float = 0.0, seed: int | None = None, env: Any = None
+) -> ScriptedExpert | Any:
+    """The scripted expert for `task`: MetaWorld's policy, or for a Franka Kitchen task the IK expert of
+    `voltron.sim.kitchen_experts`, which reads `env` (the KitchenEnv it acts in)."""
+    if get_task(task).family == "kitchen":
+        from voltron.sim.kitchen_experts import KitchenExpert
+
+        if env is None:
+            raise ValueError(f"{get_task(task).name}: the kitchen expert needs the env it acts in (env=...)")
+        return KitchenExpert(env, action_noise=action_noise, seed=seed)
     return ScriptedExpert(task, action_noise=action_noise, seed=seed)
 
 
@@ -65,6 +81,7 @@ class Rollout:
     images: list[np.ndarray] = field(default_factory=list)  # T x (H, W, 3) uint8
     proprio: list[np.ndarray] = field(default_factory=list)  # T x (P,) float32
     states: list[np.ndarray] = field(default_factory=list)  # T x (39,) float32 MetaWorld state (state oracles)
+    views: dict[str, list[np.ndarray]] = field(default_factory=dict)  # other camera -> T x (H, W, 3) uint8
     actions: list[np.ndarray] = field(default_factory=list)  # T x (4,) float32
     rewards: list[float] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
@@ -85,19 +102,23 @@ def rollout(
     seed: int | None = None,
     max_steps: int | None = None,
     post_success_steps: int = 10,
+    views: Sequence[str] = (),
 ) -> Rollout:
     """Run `policy` (state -> action) in a `SimEnv` from `reset(seed=seed)`, recording every step.
 
     The episode stops `post_success_steps` steps after the first success (so demonstrations show the task being
-    completed and held), at truncation, or after `max_steps`.
+    completed and held), at truncation, or after `max_steps`. `views`: other cameras of the env rendered at every
+    step too (`env.render_camera`), e.g. the kitchen's second view.
     """
     obs, info = env.reset(seed=seed)
-    record = Rollout(seed=seed)
+    record = Rollout(seed=seed, views={camera: [] for camera in views})
     steps_after_success = None
     limit = max_steps or env.horizon
     for _ in range(limit):
         action = policy(info["state"])
         record.images.append(obs["image"])
+        for camera, frames in record.views.items():
+            frames.append(env.render_camera(camera))
         record.proprio.append(obs["proprio"])
         record.states.append(np.asarray(info["state"], dtype=np.float32))
         record.actions.append(action)

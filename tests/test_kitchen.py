@@ -156,3 +156,47 @@ def test_differences_are_stated():
     from voltron.sim.kitchen import DIFFERENCES, MAX_JOINT_SPEED
 
     assert MAX_JOINT_SPEED == pytest.approx(2 * math.pi) and len(DIFFERENCES) >= 4
+
+
+# -- scripted experts, demos and the suite --------------------------------------------------------------------------
+def test_dls_step_moves_the_hand_towards_a_pose(model):
+    from voltron.sim.kitchen import R3M_INIT_ROBOT_QPOS
+    from voltron.sim.kitchen_experts import HAND_LEVEL, solve_ik
+
+    data = mujoco.MjData(model)
+    mujoco.mj_resetDataKeyframe(model, data, 0)
+    data.qpos[:9] = R3M_INIT_ROBOT_QPOS
+    mujoco.mj_forward(model, data)
+    target = data.site_xpos[model.site("end_effector").id] + np.array([0.1, 0.15, 0.05])
+    _, before = solve_ik(model, data, target, HAND_LEVEL, False, iterations=0)
+    _, after = solve_ik(model, data, target, HAND_LEVEL, False, iterations=60)
+    assert before > 0.1 and after < 1e-3
+
+
+def test_slide_door_expert_succeeds_within_the_horizon():
+    from voltron.sim.experts import make_expert, rollout
+
+    env = make_env("kitchen-sdoor-open", image_size=8, render_images=False)
+    try:
+        expert = make_expert(env.task, env=env)
+        for seed in range(3):
+            expert.reset(seed)
+            record = rollout(env, expert, seed=seed, post_success_steps=0)
+            assert record.success and len(record) <= HORIZON, seed
+    finally:
+        env.close()
+
+
+def test_collected_demos_hold_both_views(tmp_path):
+    from voltron.datasets.demos import DemoFile
+    from voltron.sim.collect import collect
+
+    path, stats = collect("kitchen-sdoor-open", 1, tmp_path / "k.hdf5", image_size=16, progress=False)
+    assert stats.successes == 1
+    with DemoFile(path) as demos:
+        assert demos.cameras == sorted(CAMERAS) and demos.env_args["cameras"] == list(CAMERAS)
+        assert demos.env_args["env_name"] == "kitchen_sdoor_open-v3" and demos.env_args["action_space"]["shape"] == [9]
+        episode = demos[0]
+        assert episode.images["left_cap2"].shape[1:] == (16, 16, 3) and episode.actions.shape[1] == 9
+        assert not np.array_equal(episode.images["left_cap2"], episode.images["right_cap2"])
+        assert episode.state.shape[1] == KitchenEnv.STATE_DIM and episode.proprio.shape[1] == 9

@@ -1,0 +1,319 @@
+"""Scripted Franka Kitchen experts: per-task waypoints turned into joint-velocity actions by differential IK.
+
+None ship with the original (R3M's demos came from unreleased state-based policies), so every task uses one
+script, read off the task's object joint in the live MuJoCo model:
+
+1. reach: a pre-grasp point 10 cm in front of the handle/knob site, the hand level and pointing into the kitchen,
+   fingers open and across the handle (the knob's hand also rolls by -pi on the way, so the wrist has room to turn);
+2. insert: the fingers around the handle;
+3. grasp: close the fingers;
+4. turn: move the grip point and the hand with the object joint, a bounded lead ahead of where it is (rotated about
+   the hinge axis, or shifted along the slide axis), until the joint is at its goal, then hold it there.
+
+Each step's 6-d end-effector error (position, and orientation as a rotation vector), clipped to a bounded step,
+goes through damped least squares on `mj_jacSite`'s Jacobian to 7 joint increments. A gravity feed-forward
+(`qfrc_bias / kp`) is added because the env's position servos otherwise sag below their targets, and the result is
+divided by the env's step size (2*pi rad/s for 80 ms) into the action. The expert reads the env's model and data
+(privileged, as scripted experts are) and ignores the state vector it is called with.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from voltron.sim.kitchen import MAX_JOINT_SPEED, N_ROBOT, KitchenEnv
+from voltron.sim.render import mujoco
+
+ARM = 7
+# Hand frame (the end_effector site) when level and pointing into the kitchen: x up, y (the fingers' axis) along
+# world +x, z (the approach) along world +y. Columns are the site's axes in world coordinates.
+HAND_LEVEL = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+PREGRASP_DISTANCE = 0.07  # metres in front of the site, along the approach
+INSERT_DEPTH = 0.01  # metres past the site: the handle sits between the fingers, not at their tips
+MAX_STEP = 0.06  # metres of end-effector motion asked for per env step
+MAX_TURN = 0.35  # radians of hand rotation asked for per env step
+DAMPING = 0.05  # damped least squares
+REACHED = 0.015  # metres: a waypoint counts as reached within this
+GRASP_STEPS = 2
+MAX_JOINT_STEP = 0.3  # radians per env step in the joint-space transit
+TRANSIT_DONE = 0.05  # radians: the transit ends when every joint is this close
+LIMIT_MARGIN = 0.3  # radians from a joint limit where the null-space push away from it starts
+LIMIT_GAIN = 0.5
+MIN_LIMIT_MARGIN = 0.05  # a pre-grasp configuration keeps every joint this share of its range from its limits
+LEAD = {mujoco.mjtJoint.mjJNT_HINGE: 0.3, mujoco.mjtJoint.mjJNT_SLIDE: 0.08}  # how far ahead of the joint to pull
+
+
+def rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """The 3x3 rotation by `angle` radians about the unit vector `axis`."""
+    quat = np.zeros(4)
+    mujoco.mju_axisAngle2Quat(quat, np.asarray(axis, dtype=np.float64), float(angle))
+    matrix = np.zeros(9)
+    mujoco.mju_quat2Mat(matrix, quat)
+    return matrix.reshape(3, 3)
+
+
+def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """The rotation vector (world frame) that turns `current` into `target`."""
+    quat_target, quat_current, difference, vector = np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(3)
+    mujoco.mju_mat2Quat(quat_target, target.reshape(-1))
+    mujoco.mju_mat2Quat(quat_current, current.reshape(-1))
+    mujoco.mju_negQuat(quat_current, quat_current)
+    mujoco.mju_mulQuat(difference, quat_target, quat_current)
+    mujoco.mju_quat2Vel(vector, difference, 1.0)
+    return vector
+
+
+def _clip_norm(vector: np.ndarray, limit: float) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    return vector * (limit / norm) if norm > limit else vector
+
+
+@dataclass(frozen=True)
+class Script:
+    """One task's waypoint choices."""
+
+    roll: float = 0.0  # rotation of the hand about its approach axis at the pre-grasp point
+    free_pitch: bool = True  # reach with any pitch about the fingers' axis (a vertical bar fits at any); not knobs
+    yaw_blend: float = 0.0  # approach yaw: 0 square to the handle's body, 1 along the line from the shoulder
+    grip_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # world offset of the grip point from the site
+    hand_turn: float = 1.0  # share of a hinge's rotation the hand follows (a round bar may turn between the fingers)
+
+
+SCRIPTS = {
+    # the knob turns about the approach axis; the gripper is symmetric, and rolled by pi the wrist has room to turn
+    "kitchen-knob-on": Script(roll=-np.pi),
+    "kitchen-light-on": Script(),
+    "kitchen-sdoor-open": Script(),
+    "kitchen-ldoor-open": Script(yaw_blend=0.5, grip_offset=(0.0, 0.0, -0.1), hand_turn=0.5),  # low: the top is far
+    "kitchen-micro-open": Script(grip_offset=(0.0, 0.0, 0.1), hand_turn=0.5),  # high, the hand pitched over the kettle
+}
+SHOULDER = np.array([0.0, 0.0, 2.133])  # the arm's joint-2 axis height above the base at (0, 0, 1.8)
+
+
+def grasp_orientation(data: mujoco.MjData, body: int, grip: np.ndarray, script: Script) -> np.ndarray:
+    """The hand level with its fingers horizontal across a vertical handle, yawed per `script`, rolled for knobs."""
+    body_x = data.xmat[body].reshape(3, 3)[:, 0]
+    object_yaw = float(np.arctan2(body_x[1], body_x[0])) if abs(body_x[2]) < 0.9 else 0.0
+    shoulder_yaw = float(np.arctan2(grip[1] - SHOULDER[1], grip[0] - SHOULDER[0])) - np.pi / 2  # 0 facing +y
+    yaw = object_yaw + script.yaw_blend * (shoulder_yaw - object_yaw)
+    roll = rotation(np.array([0.0, 0.0, 1.0]), script.roll)
+    return rotation(np.array([0.0, 0.0, 1.0]), yaw) @ HAND_LEVEL @ roll
+
+
+def dls_step(
+    model: mujoco.MjModel, data: mujoco.MjData, site: int, position: np.ndarray, orientation: np.ndarray,
+    free_pitch: bool, jacobians: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(7 joint increments, 6-d error) moving `site` a bounded step towards the pose, by damped least squares, with
+    a null-space push away from joint limits. `free_pitch` ignores rotation about the fingers' axis."""
+    hand_position, hand_orientation = data.site_xpos[site], data.site_xmat[site].reshape(3, 3)
+    turn = rotation_error(orientation, hand_orientation)
+    if free_pitch:  # a vertical bar sits between the fingers at any pitch about their axis
+        finger_axis = hand_orientation[:, 1]
+        turn = turn - finger_axis * (turn @ finger_axis)
+    error = np.concatenate([position - hand_position, turn])
+    step = np.concatenate([_clip_norm(error[:3], MAX_STEP), _clip_norm(turn, MAX_TURN)])
+    jacp, jacr = jacobians
+    mujoco.mj_jacSite(model, data, jacp, jacr, site)
+    jacobian = np.vstack([jacp[:, :ARM], jacr[:, :ARM]])  # (6, 7)
+    inverse = jacobian.T @ np.linalg.inv(jacobian @ jacobian.T + DAMPING**2 * np.eye(6))  # (7, 6)
+    # Away from joint limits, in the null space: a push that grows within LIMIT_MARGIN of either limit.
+    q, low, high = data.qpos[:ARM], model.jnt_range[:ARM, 0], model.jnt_range[:ARM, 1]
+    posture = LIMIT_GAIN * (np.maximum(0.0, low + LIMIT_MARGIN - q) - np.maximum(0.0, q - (high - LIMIT_MARGIN)))
+    return inverse @ step + (np.eye(ARM) - inverse @ jacobian) @ posture, error
+
+
+def solve_ik(
+    model: mujoco.MjModel, data: mujoco.MjData, position: np.ndarray, orientation: np.ndarray, free_pitch: bool,
+    iterations: int = 100,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Kinematic DLS from `data`'s arm configuration (changed in place): (joint angles, remaining pose error)."""
+    site = model.site("end_effector").id
+    low, high = model.jnt_range[:ARM, 0], model.jnt_range[:ARM, 1]
+    jacobians = (np.zeros((3, model.nv)), np.zeros((3, model.nv)))
+    for _ in range(iterations):
+        mujoco.mj_kinematics(model, data)
+        mujoco.mj_comPos(model, data)
+        increment, error = dls_step(model, data, site, position, orientation, free_pitch, jacobians)
+        data.qpos[:ARM] = np.clip(data.qpos[:ARM] + increment, low, high)
+    mujoco.mj_kinematics(model, data)
+    mujoco.mj_comPos(model, data)
+    _, error = dls_step(model, data, site, position, orientation, free_pitch, jacobians)
+    return data.qpos[:ARM].copy(), float(np.linalg.norm(error[:3]) + 0.1 * np.linalg.norm(error[3:]))
+
+
+def pregrasp_pose(data: mujoco.MjData, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(hand position, orientation) at the task's pre-grasp point, for the scene in `data`."""
+    from voltron.sim.kitchen import GOALS
+
+    model_site = data.model.site(GOALS[task].site)
+    body = int(data.model.site_bodyid[model_site.id])
+    script = SCRIPTS[task]
+    grip = data.site_xpos[model_site.id] + np.asarray(script.grip_offset)
+    orientation = grasp_orientation(data, body, grip, script)
+    return grip - PREGRASP_DISTANCE * orientation[:, 2], orientation
+
+
+@functools.cache
+def pregrasp_configuration(task: str, restarts: int = 40) -> tuple[float, ...]:
+    """Arm joint angles that put the hand at the task's pre-grasp pose in the nominal scene (no desk offset): DLS
+    from the start posture and from seeded random perturbations of it; of the collision-free solutions clear of the
+    joint limits, the one the arm reaches soonest (the largest joint move over that joint's top speed, which the
+    servos' force limits and joint damping set to about 0.9 rad/s for the big joints)."""
+    from voltron.sim.kitchen import R3M_INIT_ROBOT_QPOS, build_model
+
+    model = build_model()
+    data = mujoco.MjData(model)
+    mujoco.mj_resetDataKeyframe(model, data, 0)
+    data.qpos[:N_ROBOT] = R3M_INIT_ROBOT_QPOS
+    mujoco.mj_forward(model, data)
+    position, orientation = pregrasp_pose(data, task)
+    start = np.asarray(R3M_INIT_ROBOT_QPOS[:ARM])
+    seed_posture = start + np.eye(ARM)[ARM - 1] * SCRIPTS[task].roll  # the flange joint rolls about the approach
+    speed = model.actuator_forcerange[:ARM, 1] / model.dof_damping[:ARM]
+    low, high = model.jnt_range[:ARM, 0], model.jnt_range[:ARM, 1]
+    robot_bodies = {int(model.jnt_bodyid[j]) for j in range(N_ROBOT)}
+    rng = np.random.default_rng(0)
+    best, best_time = None, np.inf
+    for restart in range(restarts):
+        data.qpos[:ARM] = np.clip(seed_posture + (rng.normal(0.0, 0.7, ARM) if restart else 0.0), low, high)
+        configuration, error = solve_ik(model, data, position, orientation, SCRIPTS[task].free_pitch)
+        mujoco.mj_forward(model, data)
+        touching = any(
+            model.body_rootid[model.geom_bodyid[c.geom1]] != model.body_rootid[model.geom_bodyid[c.geom2]]
+            and (int(model.geom_bodyid[c.geom1]) in robot_bodies or int(model.geom_bodyid[c.geom2]) in robot_bodies)
+            for c in data.contact[: data.ncon]
+        )
+        margin = float(np.min(np.minimum(configuration - low, high - configuration) / (high - low)))
+        travel = float(np.max(np.abs(configuration - start) / speed))
+        if error < 1e-3 and not touching and margin > MIN_LIMIT_MARGIN and travel < best_time:
+            best, best_time = configuration, travel
+    if best is None:
+        raise RuntimeError(f"{task}: no collision-free arm configuration reaches the pre-grasp pose")
+    return tuple(float(q) for q in best)
+
+
+class KitchenExpert:
+    """The scripted expert for the env's task: call it once per step (after `reset`) for a (9,) action in [-1, 1].
+
+    With `action_noise > 0`, zero-mean Gaussian noise of that standard deviation is added to every action dimension
+    (then clipped), from a generator seeded by `seed`, as for the MetaWorld experts.
+    """
+
+    def __init__(self, env: KitchenEnv, *, action_noise: float = 0.0, seed: int | list[int] | None = None) -> None:
+        if action_noise < 0:
+            raise ValueError(f"action_noise={action_noise}: expected a standard deviation >= 0")
+        self.env = env
+        self.task = env.task
+        self.script = SCRIPTS[env.task.name]
+        self.action_noise = float(action_noise)
+        model = env.model
+        self.joint = model.joint(env.goal.joint).id
+        self.joint_type = int(model.jnt_type[self.joint])
+        self.qpos_address = int(model.jnt_qposadr[self.joint])
+        self.body = int(model.jnt_bodyid[self.joint])
+        self.pregrasp = np.asarray(pregrasp_configuration(env.task.name))
+        self.kp = model.actuator_gainprm[:ARM, 0].copy()
+        # A position servo on a damped joint covers about 1 - exp(-dt kp / damping) of a step's target offset
+        # within the step (first-order response; about half for the big joints), so increments are scaled up by it.
+        damping = model.dof_damping[:ARM]
+        self.tracking = 1.0 - np.exp(-env.dt * self.kp / np.maximum(damping, 1e-6))
+        self._jacobians = (np.zeros((3, model.nv)), np.zeros((3, model.nv)))
+        self._scratch = mujoco.MjData(model)  # for solving IK without touching the env's state
+        self.reset(seed)
+
+    def reset(self, seed: int | list[int] | None = None) -> None:
+        """Start a new episode and restart the noise stream."""
+        self.rng = np.random.default_rng(seed)
+        self.phase = "transit"
+        self.phase_steps = 0
+        self._target: np.ndarray | None = None  # this episode's pre-grasp configuration
+        self._hold = HAND_LEVEL  # and the hand orientation there
+        # at the grasp: the hand's position in the object's frame, the joint value, the hand's orientation
+        self._grip: tuple[np.ndarray, float, np.ndarray] | None = None
+
+    def _joint_value(self) -> float:
+        return float(self.env.data.qpos[self.qpos_address])
+
+    def _hand(self) -> tuple[np.ndarray, np.ndarray]:
+        data = self.env.data
+        return data.site_xpos[self.env.end_effector].copy(), data.site_xmat[self.env.end_effector].reshape(3, 3).copy()
+
+    # -- control ------------------------------------------------------------------------------------------------
+    def _action(self, increment: np.ndarray, fingers: float) -> np.ndarray:
+        """Joint increments wanted this step -> the env's action (servo lag and gravity sag compensated)."""
+        increment = increment / self.tracking + self.env.data.qfrc_bias[:ARM] / self.kp
+        action = np.zeros(N_ROBOT)
+        action[:ARM] = increment / (MAX_JOINT_SPEED * self.env.dt)
+        action[ARM:] = fingers
+        peak = float(np.max(np.abs(action[:ARM])))
+        if peak > 1.0:  # scale rather than clip, so the hand keeps its direction
+            action[:ARM] /= peak
+        return action
+
+    def _grasp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """(grip point, hand orientation) on the handle as it is now."""
+        data = self.env.data
+        grip = data.site_xpos[self.env.site] + np.asarray(self.script.grip_offset)
+        return grip, grasp_orientation(data, self.body, grip, self.script)
+
+    def _turn_target(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where the hand should be: its grip on the object, moved a bounded lead further towards the goal."""
+        data = self.env.data
+        body_position, body_orientation = data.xpos[self.body], data.xmat[self.body].reshape(3, 3)
+        local_position, grasp_value, grasp_orientation_ = self._grip
+        position = body_position + body_orientation @ local_position
+        value = self._joint_value()
+        lead = float(np.clip(self.env.goal.goal - value, -LEAD[self.joint_type], LEAD[self.joint_type]))
+        axis = data.xaxis[self.joint]
+        if self.joint_type == mujoco.mjtJoint.mjJNT_SLIDE:
+            return position + axis * lead, grasp_orientation_
+        anchor = data.xanchor[self.joint]
+        hand_turn = rotation(axis, self.script.hand_turn * (value + lead - grasp_value))
+        return anchor + rotation(axis, lead) @ (position - anchor), hand_turn @ grasp_orientation_
+
+    def _step(self) -> np.ndarray:
+        """This step's action before noise, advancing the phase when its waypoint is reached."""
+        data, model, site = self.env.data, self.env.model, self.env.end_effector
+        if self.phase == "transit":  # joint space to the pre-grasp configuration, fingers open
+            if self._target is None:  # solved once per episode, from the nominal one, for this scene
+                self._scratch.qpos[:] = data.qpos
+                self._scratch.qpos[:ARM] = self.pregrasp
+                mujoco.mj_kinematics(model, self._scratch)
+                position, orientation = pregrasp_pose(self._scratch, self.task.name)
+                self._target, _ = solve_ik(model, self._scratch, position, orientation, self.script.free_pitch, 30)
+                self._hold = self._scratch.site_xmat[site].reshape(3, 3).copy()  # the pitch that solution chose
+            remaining = self._target - data.qpos[:ARM]
+            if np.max(np.abs(remaining)) < TRANSIT_DONE:
+                self._advance("insert")
+            return self._action(np.clip(remaining, -MAX_JOINT_STEP, MAX_JOINT_STEP), 1.0)
+        fingers = 1.0 if self.phase == "insert" else -1.0
+        if self.phase == "turn":
+            position, orientation = self._turn_target()
+        else:  # straight in along the approach of the pre-grasp solution, holding its orientation
+            grip, _ = self._grasp_pose()
+            position, orientation = grip + INSERT_DEPTH * self._hold[:, 2], self._hold
+        increment, error = dls_step(model, data, site, position, orientation, False, self._jacobians)
+        increment = np.clip(increment, -MAX_JOINT_STEP, MAX_JOINT_STEP)
+        reached = np.linalg.norm(error[:3]) < REACHED
+        if self.phase == "insert" and reached:
+            self._advance("grasp")
+        elif self.phase == "grasp" and self.phase_steps + 1 >= GRASP_STEPS:
+            body_position, body_orientation = data.xpos[self.body], data.xmat[self.body].reshape(3, 3)
+            hand_position, hand_orientation = self._hand()
+            self._grip = (body_orientation.T @ (hand_position - body_position), self._joint_value(), hand_orientation)
+            self._advance("turn")
+        return self._action(increment, fingers)
+
+    def _advance(self, phase: str) -> None:
+        self.phase, self.phase_steps = phase, -1  # __call__ counts this step
+
+    def __call__(self, state: np.ndarray | None = None) -> np.ndarray:
+        action = self._step()
+        self.phase_steps += 1
+        if self.action_noise > 0:
+            action = action + self.rng.normal(0.0, self.action_noise, size=action.shape)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
