@@ -40,10 +40,12 @@ def load(
     """Return `(model, preprocess)` for a registered model id or a checkpoint directory.
 
     - A directory (anything `save_pretrained` or `voltron pretrain` wrote) is restored exactly. A path that is not
-      a directory (anything with a path separator, or starting with `.` or `~`) raises FileNotFoundError.
+      a directory (anything with a path separator, or starting with `.` or `~`) raises FileNotFoundError, and a
+      policy directory says to use `voltron.policy.load_policy`.
     - A registered id loads its released weights from the local cache ($VOLTRON_HOME, default ~/.cache/voltron),
-      or stops with an error saying where to put them. `pretrained=False` gives a randomly initialised model
-      (with a warning); `overrides` then change config fields, e.g. image_size=64.
+      or stops with an error saying where to put them.
+    - `pretrained=False` gives a randomly initialised model (with a warning) of the id's or the directory's
+      architecture; `overrides` then change config fields, e.g. image_size=64.
     - `freeze=True` puts the model in eval mode with no trainable parameters.
     - `precision` ("fp32", "bf16", "int8" or "auto") and `backend` ("eager", "compile", "onnxruntime" or "auto")
       choose an inference path for a frozen model (voltron.models.inference). Anything but fp32/eager returns an
@@ -51,30 +53,23 @@ def load(
       against fp32 in `.spec` and `.report`.
     `preprocess` maps images (PIL, uint8 HWC arrays or (..., 3, H, W) tensors) to the model's input.
     """
-    from voltron.models.checkpoints import CONFIG_NAME, load_pretrained, resolve_pretrained
+    from voltron.models.checkpoints import load_pretrained, looks_like_path, read_config, resolve_checkpoint
     from voltron.models.registry import build_model, parse_model_id
 
-    path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{path}: not a voltron checkpoint directory (no {CONFIG_NAME})")
-        model = load_pretrained(path)
-    elif _looks_like_path(name_or_dir):
-        what = "not a directory" if path.exists() else "no such directory"
-        raise FileNotFoundError(
-            f"{name_or_dir}: {what}; expected a checkpoint directory (holding {CONFIG_NAME} and model.safetensors) "
-            "or a registered model id such as 'v-cond' (see voltron.available_models())"
-        )
+    is_directory = Path(name_or_dir).expanduser().is_dir() or looks_like_path(name_or_dir)
+    if not is_directory:
+        parse_model_id(str(name_or_dir))  # unknown names fail with the list of available models
+    if pretrained:
+        if overrides:
+            raise ValueError("config overrides only apply to pretrained=False models")
+        model = load_pretrained(resolve_checkpoint(name_or_dir))
     else:
-        name = str(name_or_dir)
-        parse_model_id(name)  # unknown names fail with the list of available models
-        if pretrained:
-            if overrides:
-                raise ValueError("config overrides only apply to pretrained=False models")
-            model = load_pretrained(resolve_pretrained(name))
-        else:
-            warnings.warn(f"voltron.load({name!r}, pretrained=False): randomly initialised weights", stacklevel=2)
-            model = build_model(name, **overrides)
+        warnings.warn(
+            f"voltron.load({str(name_or_dir)!r}, pretrained=False): randomly initialised weights", stacklevel=2
+        )
+        # a directory gives its architecture (config.json) and nothing else: its weights are not read
+        config = read_config(resolve_checkpoint(name_or_dir)) if is_directory else str(name_or_dir)
+        model = build_model(config, **overrides)
     model = model.to(device)
     if freeze:
         model.eval().requires_grad_(False)
@@ -83,14 +78,6 @@ def load(
 
         model = accelerate(model, precision, backend)
     return model, model.preprocess
-
-
-def _looks_like_path(name_or_dir: str | os.PathLike) -> bool:
-    """Whether `name_or_dir` was meant as a directory rather than a model id: it holds a path separator or starts
-    with `.` or `~` (model ids such as 'v-cond-base' do neither)."""
-    text = os.fspath(name_or_dir)
-    separators = {os.sep, os.altsep, "/"} - {None}
-    return any(sep in text for sep in separators) or text.startswith((".", "~"))
 
 
 def instantiate_extractor(model, n_latents: int = 1, kind: str = "map"):

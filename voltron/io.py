@@ -3,10 +3,14 @@ like Ctrl-C so a writer's clean-up runs; no torch import."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file (what `sha256sum` prints), read in 1 MiB blocks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def remove_stale_partials(path: str | os.PathLike) -> None:
     """Delete what killed writers of `path` left beside it: files or folders named `.<name>.<pid>-*.partial` whose
     process no longer exists (a live writer's are left alone)."""
@@ -60,6 +73,22 @@ def remove_stale_partials(path: str | os.PathLike) -> None:
                 partial.unlink(missing_ok=True)
         except PermissionError:  # alive, owned by someone else
             pass
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | os.PathLike) -> Iterator[Path]:
+    """A hidden sibling folder (`.<name>.<pid>-*.partial`) to fill; when the block ends it is renamed to `target`,
+    which must not exist or be empty, so readers see the whole folder or none. On an error or a kill it is removed
+    (a killed run's is removed by the next, `remove_stale_partials`)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=PARTIAL_SUFFIX, dir=target.parent))
+    try:
+        yield staging
+        os.replace(staging, target)  # fails on a non-empty `target`: never merged into
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 class Terminated(KeyboardInterrupt):

@@ -154,7 +154,8 @@ class Preprocess:
             array = np.asarray(images)  # PIL images convert through the array protocol
             if array.ndim not in (3, 4) or array.shape[-1] != 3:
                 raise ValueError(f"expected an RGB image (H, W, 3) or batch (B, H, W, 3); got shape {array.shape}")
-            images = torch.from_numpy(np.ascontiguousarray(array)).movedim(-1, -3)
+            array = np.ascontiguousarray(array) if array.flags.writeable else array.copy()  # torch warns on read-only
+            images = torch.from_numpy(array).movedim(-1, -3)
         if images.ndim >= 3 and images.shape[-3] != 3 and images.shape[-1] == 3:
             images = images.movedim(-1, -3)  # channels-last tensors, e.g. frames straight from a decoder
         if images.ndim < 3 or images.shape[-3] != 3:
@@ -187,7 +188,8 @@ class VoltronModel(nn.Module):
 
     Contract:
     - `forward(images, lang=None, mode="multimodal"|"visual") -> (B, N, embed_dim)` tokens, where `images` are
-      preprocessed floats shaped (B, 3, S, S), or (B, n_frames, 3, S, S) for multi-frame models.
+      preprocessed floats shaped (B, 3, S, S), or (B, n_frames, 3, S, S) for multi-frame models;
+      `forward_with_mask` returns the same tokens and their key mask (B, N), 0 on language padding.
     - `pretrain_loss(batch) -> (loss, metrics)` on a loader batch: "frames" uint8 (B, [n_frames,] 3, S, S),
       "input_ids"/"attention_mask" (B, L) when the model uses language, and optionally "seed" (B,) int64.
     """
@@ -257,6 +259,15 @@ class VoltronModel(nn.Module):
     def check_mode(mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+    def forward_with_mask(
+        self, images: torch.Tensor, lang: list[str] | None = None, mode: str = "multimodal"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`'s tokens (B, N, D) and their key mask (B, N) int64: 1 for a real token, 0 for padding (a
+        language position past the caption's end), which a pooling head should not attend to. Families whose
+        tokens are never padding return all ones."""
+        tokens = self(images, lang, mode=mode)
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
 
     # --- bookkeeping ----------------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ from voltron.models.registry import available_models, build_model, default_confi
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# config.json's "format" tag of an encoder checkpoint; a policy's reads "voltron-<head>-policy/<n>". Encoders saved
+# before the tag existed have none and load as encoders.
+ENCODER_FORMAT = "voltron-encoder/1"
+POLICY_FORMAT_RE = re.compile(r"voltron-[a-z0-9-]+-policy/\d+")
 
 
 class CheckpointError(ValueError):
@@ -40,13 +45,26 @@ def save_pretrained(model: VoltronModel, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.trainable_state_dict().items()}
     atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt", "family": model.family}))
-    atomic_write_json(directory / CONFIG_NAME, model.config.to_dict())
+    atomic_write_json(directory / CONFIG_NAME, {"format": ENCODER_FORMAT, **model.config.to_dict()})
     return directory
 
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig in `directory`/config.json; a policy checkpoint or another format is a one-line UserError."""
     path = Path(directory) / CONFIG_NAME
-    return ModelConfig.from_dict(read_json(path, "model config"), source=str(path))
+    data = read_json(path, "model config")
+    if not isinstance(data, dict):
+        raise UserError(f"holds a JSON {type(data).__name__}", source=path, expected="a JSON object of model fields")
+    found = data.pop("format", ENCODER_FORMAT)
+    if found != ENCODER_FORMAT:
+        if isinstance(found, str) and POLICY_FORMAT_RE.fullmatch(found):
+            raise UserError(
+                f"a voltron policy checkpoint ({found}), not an encoder",
+                source=Path(directory),
+                expected=f"an encoder directory; load a policy with voltron.policy.load_policy({str(directory)!r})",
+            )
+        raise UserError(source=path, key="format", value=found, expected=f"{ENCODER_FORMAT!r} (a voltron encoder)")
+    return ModelConfig.from_dict(data, source=str(path))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -88,6 +106,32 @@ def load_pretrained(directory: str | os.PathLike) -> VoltronModel:
     config = read_config(directory)
     state = read_weights(directory / WEIGHTS_NAME)
     return load_state(build_model(config), state, str(directory / WEIGHTS_NAME))
+
+
+def resolve_checkpoint(name_or_dir: str | os.PathLike) -> Path:
+    """The checkpoint directory that `name_or_dir` names: a directory holding config.json, or a registered model
+    id's folder in the local weights cache (`resolve_pretrained`). Anything meant as a path (it holds a path
+    separator, or starts with `.` or `~`) that is not a directory raises FileNotFoundError."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path}: not a voltron checkpoint directory (no {CONFIG_NAME})")
+        return path
+    if looks_like_path(name_or_dir):
+        what = "not a directory" if path.exists() else "no such directory"
+        raise FileNotFoundError(
+            f"{name_or_dir}: {what}; expected a checkpoint directory (holding {CONFIG_NAME} and {WEIGHTS_NAME}) "
+            "or a registered model id such as 'v-cond' (see voltron.available_models())"
+        )
+    return resolve_pretrained(str(name_or_dir))
+
+
+def looks_like_path(name_or_dir: str | os.PathLike) -> bool:
+    """Whether `name_or_dir` was meant as a directory rather than a model id: it holds a path separator or starts
+    with `.` or `~` (model ids such as 'v-cond-base' do neither)."""
+    text = os.fspath(name_or_dir)
+    separators = {os.sep, os.altsep, "/"} - {None}
+    return any(sep in text for sep in separators) or text.startswith((".", "~"))
 
 
 # === The local weights cache ===

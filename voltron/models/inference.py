@@ -334,7 +334,8 @@ def _quantize_onnx(source: Path, target: Path) -> Path:
 class InferenceEncoder:
     """An encoder run through one inference path, with the encoder's forward contract.
 
-    `encoder(images, lang=None, mode="multimodal"|"visual") -> (B, N, D)` float32 tokens, as `VoltronModel.forward`.
+    `encoder(images, lang=None, mode="multimodal"|"visual") -> (B, N, D)` float32 tokens, as `VoltronModel.forward`
+    (and `forward_with_mask`, as the module's).
     Attributes it does not define (config, embed_dim, preprocess, lm, ...) are the wrapped encoder's; `model` is the
     fp32 module itself. `spec` names the path and `report` holds its build time and the probe's token error.
     """
@@ -355,23 +356,26 @@ class InferenceEncoder:
         return str(self.spec)
 
     def __call__(self, images: torch.Tensor, lang: list[str] | None = None, mode: str = "multimodal") -> torch.Tensor:
+        return self.forward_with_mask(images, lang, mode)[0]
+
+    def forward_with_mask(
+        self, images: torch.Tensor, lang: list[str] | None = None, mode: str = "multimodal"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens and their key mask, as `VoltronModel.forward_with_mask` gives them."""
         model = self.model
         if self._trunk is None:  # the reference path: the module's own forward
-            return model(images, lang, mode=mode)
+            return model.forward_with_mask(images, lang, mode=mode)
         model.check_mode(mode)
         frames = model.check_images(images)  # (B, F, 3, S, S)
         lang = model.check_lang(lang, frames.shape[0])
         if not self._trunk.takes_language:
-            return self._run(frames)
+            tokens = self._run(frames)
+            return tokens, torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         with torch.no_grad():
             ids, mask = model.language_inputs(lang, frames.shape[0], frames.device)
             hidden = model.lm(ids, mask)  # (B, L, H), fp32 and cached
         x = self._run(frames, hidden, mask).to(frames.device)  # (B, F*N + L, D)
-        start = (model.n_frames - 1) * model.num_patches  # the last frame's patches, as forward returns them
-        patches = x[:, start : start + model.num_patches]
-        if mode == "visual":
-            return patches
-        return torch.cat([patches, x[:, start + model.num_patches :]], dim=1)
+        return model.output_tokens(x, mask, mode)
 
     forward = __call__
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 MINILM_ALIAS = "minilm"
 DEFAULT_LANGUAGE_MODEL = MINILM_ALIAS
 DEFAULT_MAX_LANG_LEN = 20
+INFERENCE_CACHE_SIZE = 256  # token rows memoised under torch.inference_mode (see LanguageEncoder)
 
 
 def resolve_language_model(name: str) -> str:
@@ -86,7 +87,9 @@ class LanguageEncoder(nn.Module):
 
     `forward(input_ids, attention_mask)` gives the final hidden states (B, L, H). With `cache_size > 0`, the
     hidden states of each distinct token row are memoised: captions repeat across a video corpus, so most
-    pretraining examples then skip the language model entirely.
+    pretraining examples then skip the language model entirely. Under `torch.inference_mode` (a policy acting, an
+    encoder encoding demo frames) the last INFERENCE_CACHE_SIZE rows are memoised whatever `cache_size` says: a
+    policy sees one instruction per episode, so its language model runs once per instruction.
     """
 
     def __init__(self, name: str = DEFAULT_LANGUAGE_MODEL, max_length: int = DEFAULT_MAX_LANG_LEN, cache_size: int = 0):
@@ -99,6 +102,8 @@ class LanguageEncoder(nn.Module):
         self.cls_token_id = int(tokenizer.cls_token_id)
         self.pad_token_id = int(tokenizer.pad_token_id)
         self._cache: dict[bytes, torch.Tensor] = {}
+        # filled under torch.inference_mode only: its tensors cannot take part in autograd, so never mixed in _cache
+        self._inference_cache: dict[bytes, torch.Tensor] = {}
 
     def train(self, mode: bool = True) -> LanguageEncoder:
         super().train(mode)
@@ -119,18 +124,28 @@ class LanguageEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if torch.is_inference_mode_enabled():  # deployment: a few instructions, each seen at every step
+            size = max(self.cache_size, INFERENCE_CACHE_SIZE)
+            return self._memoised(input_ids, attention_mask, self._inference_cache, size)
         if not self.cache_size:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._memoised(input_ids, attention_mask, self._cache, self.cache_size)
+
+    def _memoised(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: dict[bytes, torch.Tensor], size: int
+    ) -> torch.Tensor:
+        """The hidden states (B, L, H), running the model only on token rows that `cache` (oldest out first, at
+        most `size` rows) does not hold."""
         rows = [row.tobytes() for row in torch.cat([input_ids, attention_mask], 1).cpu().numpy()]
-        found = {key: self._cache[key] for key in rows if key in self._cache}
+        found = {key: cache[key] for key in rows if key in cache}
         todo = list({key: i for i, key in reversed(list(enumerate(rows))) if key not in found}.values())
         if todo:
             hidden = self.model(input_ids=input_ids[todo], attention_mask=attention_mask[todo]).last_hidden_state
             for index, state in zip(todo, hidden):
                 found[rows[index]] = state
-                while len(self._cache) >= self.cache_size:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[rows[index]] = state
+                while len(cache) >= size:
+                    cache.pop(next(iter(cache)))
+                cache[rows[index]] = state
         return torch.stack([found[key] for key in rows])
 
     @torch.no_grad()

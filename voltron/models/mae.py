@@ -144,18 +144,32 @@ class MaskedAutoencoder(VoltronModel):
 
         R-MVP has no language: both modes give its patch tokens (its CLS token is `forward_cls`).
         """
+        return self.forward_with_mask(images, lang, mode)[0]
+
+    def forward_with_mask(
+        self, images: torch.Tensor, lang: list[str] | None = None, mode: str = "multimodal"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`'s tokens and their key mask (B, N): 1 on patches, the tokenizer's attention mask on language."""
         self.check_mode(mode)
         frames = self.check_images(images)
         lang = self.check_lang(lang, frames.shape[0])
         ids = mask = None
         if self.uses_language:
             ids, mask = self.language_inputs(lang, frames.shape[0], frames.device)
-        x = self.encode(frames, ids, mask)
+        return self.output_tokens(self.encode(frames, ids, mask), mask, mode)
+
+    def output_tokens(
+        self, x: torch.Tensor, lang_mask: torch.Tensor | None, mode: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode`'s sequence (B, [1 +] F*N [+ L], D) -> what forward returns (the last frame's patches, then the
+        language tokens in multimodal mode) and its key mask (B, N [+ L])."""
         start = int(self.cls_token_enabled) + (self.n_frames - 1) * self.num_patches
         patches = x[:, start : start + self.num_patches]
+        visible = torch.ones(patches.shape[:2], dtype=torch.long, device=patches.device)
         if mode == "visual" or not self.uses_language:
-            return patches
-        return torch.cat([patches, x[:, start + self.num_patches :]], dim=1)
+            return patches, visible
+        tokens = torch.cat([patches, x[:, start + self.num_patches :]], dim=1)
+        return tokens, torch.cat([visible, lang_mask.to(visible)], dim=1)
 
     def forward_cls(self, images: torch.Tensor) -> torch.Tensor:
         if not self.cls_token_enabled:
