@@ -90,7 +90,11 @@ def policy_accuracy(run_dir: str, paths: list[str], frames_per_episode: int = 16
             images.append(episode.images[camera][::stride])
             proprio.append(getattr(episode, policy.lowdim)[::stride])
             language += [episode.language] * len(images[-1])
-    obs = {"image": np.concatenate(images), policy.lowdim: np.concatenate(proprio), "language": language}
+    obs = {
+        "images": {policy.camera: np.concatenate(images)},
+        policy.lowdim: np.concatenate(proprio),
+        "language": language,
+    }
     results = {}
     for path in paths:
         precision, backend = path.split("/")

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voltron.policy.base import Policy
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,10 +49,25 @@ def load_peer():
     return module
 
 
-class TransportOnlyPolicy:
+class StandInPolicy(Policy):
+    """A policy that only acts (nothing to train), with `dim`-d proprio and actions and no camera name: it reads
+    whichever camera the robot has."""
+
+    def __init__(self, dim: int):
+        super().__init__(proprio_dim=dim, action_dim=dim)
+
+    def forward(self, batch: dict):
+        raise NotImplementedError("a benchmark stand-in has nothing to train")
+
+    def reset(self) -> None:
+        pass
+
+
+class TransportOnlyPolicy(StandInPolicy):
     """No model: a distinct tiny action per call, so the transport + safety path is all that is measured."""
 
     def __init__(self, dim: int):
+        super().__init__(dim)
         self.dim, self.calls = dim, 0
 
     def select_action(self, obs: dict) -> np.ndarray:
@@ -58,7 +75,7 @@ class TransportOnlyPolicy:
         return np.full(self.dim, 1e-4 * (self.calls % 1000))
 
 
-class EncoderPolicy:
+class EncoderPolicy(StandInPolicy):
     """v-cond encoder (random init) + MAP pooling + linear head on CPU: a compute stand-in for the BC policy."""
 
     def __init__(self, model_id: str, dim: int, threads: int, precision: str = "fp32", backend: str = "eager"):
@@ -66,10 +83,12 @@ class EncoderPolicy:
 
         import voltron
 
+        super().__init__(dim)
+
         torch.set_num_threads(threads)
         self.torch = torch
         self.model, self.preprocess = voltron.load(model_id, pretrained=False, precision=precision, backend=backend)
-        self.inference = str(getattr(self.model, "spec", "fp32/eager"))
+        self.path = str(getattr(self.model, "spec", "fp32/eager"))
         self.pool = voltron.instantiate_extractor(self.model).eval()
         self.head = torch.nn.Linear(
             self.pool.embed_dim if hasattr(self.pool, "embed_dim") else self.model.embed_dim, dim
@@ -80,8 +99,11 @@ class EncoderPolicy:
         self.description = (
             f"{model_id} (random init, {self.model.config.image_size}px, {threads} torch threads) + MAP + linear head"
         )
-        self.proprio_dim = self.action_dim = dim
-        self.model.lm.cache_size = 256  # as a BC policy does: one instruction, encoded once
+        # its language model runs once per instruction: select_action's inference mode memoises it, as a BC policy's
+
+    @property
+    def inference(self) -> str:
+        return self.path
 
     def select_action(self, obs: dict) -> np.ndarray:
         torch = self.torch

@@ -61,7 +61,11 @@ def policy_and_obs(tiny_policy, sim_demos):
     with DemoFile(sim_demos, split="train") as demo_file:
         episode = demo_file[0]
     frames = episode.images[sorted(episode.images)[0]][::4]  # every 4th frame of a whole episode
-    obs = {"image": frames, "proprio": episode.proprio[::4], "language": [episode.language] * len(frames)}
+    obs = {
+        "images": {policy.camera: frames},
+        "proprio": episode.proprio[::4],
+        "language": [episode.language] * len(frames),
+    }
     return policy, obs
 
 
@@ -156,24 +160,28 @@ def load_feed_bridge():
     return module
 
 
-class FastEncoderPolicy:
-    """A 2-joint policy on an int8 encoder: the mean token, squashed into a tiny action on every joint."""
-
-    def __init__(self, encoder):
-        self.encoder = accelerate(encoder, "int8", "eager")
-        self.inference = str(self.encoder.spec)
-
-    def select_action(self, obs: dict) -> np.ndarray:
-        image = self.encoder.preprocess(next(iter(obs["images"].values())))[None]  # (1, 3, S, S)
-        with torch.inference_mode():
-            tokens = self.encoder(image, [obs["language"]])
-        return np.full(2, 1e-3 * float(torch.tanh(tokens.mean())))
-
-
 def test_ros_server_logs_the_inference_path_that_served(encoder, tmp_path):
     from voltron.ros.server import ServeOptions, serve
 
     feed = load_feed_bridge()
+
+    class FastEncoderPolicy(feed.ScriptedPolicy):
+        """A 2-joint policy on an int8 encoder: the mean token, squashed into a tiny action on every joint."""
+
+        def __init__(self, encoder):
+            super().__init__()
+            self.fast_encoder = accelerate(encoder, "int8", "eager")
+
+        @property
+        def inference(self) -> str:
+            return str(self.fast_encoder.spec)
+
+        def select_action(self, obs: dict) -> np.ndarray:
+            image = self.fast_encoder.preprocess(obs["images"]["front"])[None]  # (1, 3, S, S)
+            with torch.inference_mode():
+                tokens = self.fast_encoder(image, [obs["language"]])
+            return np.full(2, 1e-3 * float(torch.tanh(tokens.mean())))
+
     log = tmp_path / "serve.jsonl"
     summary = serve(FastEncoderPolicy(encoder), feed.FeedBridge(feed.config()), ServeOptions(max_steps=3, log_path=log))
     assert summary.steps == 3 and summary.inference == "int8/eager"

@@ -62,17 +62,18 @@ def test_select_action_is_batched_and_in_env_units(tiny_policy, sim_demos):
         episode.images["corner_image" if "corner_image" in episode.images else sorted(episode.images)[0]],
         episode.proprio,
     )
-    obs = {"image": frames[:3], "proprio": proprio[:3], "language": [episode.language] * 3}
+    obs = {"images": {policy.camera: frames[:3]}, "proprio": proprio[:3], "language": [episode.language] * 3}
     actions = policy.select_action(obs)
     assert actions.shape == (3, 4) and actions.dtype == np.float32
     low, high = policy.action_stats.min, policy.action_stats.max
     assert (actions >= low - 1e-5).all() and (actions <= high + 1e-5).all()
     policy.reset()
-    single = policy.select_action({"image": frames[0], "proprio": proprio[0], "language": episode.language})
+    single = {"images": {policy.camera: frames[0]}, "proprio": proprio[0], "language": episode.language}
+    single = policy.select_action(single)
     assert single.shape == (4,)
     assert np.allclose(single, actions[0], atol=1e-5)
     with pytest.raises(ValueError, match="'proprio' has 5 dims; this policy expects 4"):
-        policy.select_action({"image": frames[:1], "proprio": np.zeros((1, 5)), "language": ["x"]})
+        policy.select_action({"images": {policy.camera: frames[:1]}, "proprio": np.zeros((1, 5)), "language": ["x"]})
 
 
 def test_save_load_round_trip_stores_random_encoders_and_references_trained_ones(
@@ -186,7 +187,7 @@ def test_fine_tuning_trains_the_encoder_with_its_own_lr_and_stores_it(sim_demos,
     from voltron.models.registry import build_model
 
     policy = load_policy(tmp_path)
-    torch.manual_seed(config.policy.seed)  # what build_encoder does: the starting weights of the fine-tuned encoder
+    torch.manual_seed(config.policy.seed)  # what open_encoder does: the starting weights of the fine-tuned encoder
     initial = build_model("v-cond-tiny", image_size=64)
     assert not torch.equal(policy.encoder.patch2embed.proj.weight, initial.patch2embed.proj.weight)
     assert torch.equal(

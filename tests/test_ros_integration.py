@@ -42,13 +42,25 @@ def _load_peer_module():
 peer_mod = _load_peer_module()
 
 
-# --- placeholder policies -------------------------------------------------------------------------------------------
-# Placeholders until voltron.policy (issue 6) lands: tiny deterministic objects with the same select_action contract.
-# Everything else in these tests (bridge, server loop, safety layer, rosbridge server, stub robot) is real.
-class RampPolicy:
-    """Placeholder policy: action_k = k * [0.05, -0.05, 0.1], which leaves the limits and outruns max_delta."""
+# --- scripted policies ----------------------------------------------------------------------------------------------
+# Tiny deterministic policies on the policy contract (tests/test_ros_server.py's ScriptedPolicy: 3-d proprio and
+# actions, camera "front"). Everything else in these tests (bridge, server loop, safety layer, rosbridge server, stub
+# robot) is real; the last test serves a real BC policy checkpoint.
+def _load_scripted_policy() -> type:
+    spec = importlib.util.spec_from_file_location("voltron_test_ros_server", REPO / "tests" / "test_ros_server.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ScriptedPolicy
+
+
+ScriptedPolicy = _load_scripted_policy()
+
+
+class RampPolicy(ScriptedPolicy):
+    """action_k = k * [0.05, -0.05, 0.1], which leaves the limits and outruns max_delta."""
 
     def __init__(self):
+        super().__init__(proprio_dim=3, action_dim=3)
         self.calls = 0
 
     def select_action(self, obs: dict) -> np.ndarray:
@@ -57,23 +69,18 @@ class RampPolicy:
         self.calls += 1
         return self.calls * np.array([0.05, -0.05, 0.1])
 
-    def reset(self) -> None:
-        self.calls = 0
 
-
-class CounterPolicy:
-    """Placeholder policy: every call returns a distinct small action (0.001 * call index), so a command identifies
-    the step that computed it."""
+class CounterPolicy(ScriptedPolicy):
+    """Every call returns a distinct small action (0.001 * call index), so a command identifies the step that
+    computed it."""
 
     def __init__(self):
+        super().__init__(proprio_dim=3, action_dim=3)
         self.calls = 0
 
     def select_action(self, obs: dict) -> np.ndarray:
         self.calls += 1
         return np.full(3, 0.001 * (self.calls % 400))
-
-    def reset(self) -> None:
-        self.calls = 0
 
 
 # --- fixtures -------------------------------------------------------------------------------------------------------

@@ -16,10 +16,12 @@ import time
 import numpy as np
 import pytest
 
+from voltron.errors import UserError
+from voltron.policy.base import Policy
 from voltron.ros import codecs
 from voltron.ros.bridge import RobotBridge
 from voltron.ros.config import robot_config_from_dict
-from voltron.ros.server import PolicyServer, ServeOptions, serve
+from voltron.ros.server import PolicyServer, ServeOptions, robot_spec, serve
 
 RATE = 15.0
 WATCHDOG_MS = 250.0
@@ -91,10 +93,24 @@ class FeedBridge(RobotBridge):
         return True
 
 
-class StepPolicy:
-    """Deterministic placeholder for voltron.policy: 0.05 * call index on every component."""
+class ScriptedPolicy(Policy):
+    """A policy contract without learning (the server only acts): subclasses script `select_action`."""
 
-    def __init__(self, sleep_s=0.0):
+    def __init__(self, proprio_dim=2, action_dim=2, cameras=("front",)):
+        super().__init__(proprio_dim, action_dim, cameras)
+
+    def forward(self, batch):
+        raise NotImplementedError("a scripted policy has nothing to train")
+
+    def reset(self):
+        self.calls = 0
+
+
+class StepPolicy(ScriptedPolicy):
+    """Deterministic: 0.05 * call index on every component."""
+
+    def __init__(self, sleep_s=0.0, **dims):
+        super().__init__(**dims)
         self.calls, self.sleep_s, self.warmed = 0, sleep_s, False
 
     def warmup(self, obs):
@@ -230,3 +246,29 @@ def test_first_observation_timeout_names_the_missing_topic(tmp_path):
     with pytest.raises(TimeoutError, match="/cam"):
         serve(StepPolicy(), bridge, ServeOptions(rate_hz=RATE, max_steps=3, first_observation_timeout_s=0.3))
     assert bridge.commands == []
+
+
+@pytest.mark.parametrize(
+    "dims, message",
+    [
+        ({"action_dim": 3}, "the policy acts 3-d, robot 'feed' takes 2-d actions"),
+        ({"proprio_dim": 7}, "the policy expects proprio 7-d, robot 'feed' gives proprio 2-d"),
+        ({"cameras": ("wrist",)}, r"the policy reads camera\(s\) \['wrist'\], robot 'feed' has \['front'\]"),
+    ],
+)
+def test_a_policy_that_does_not_fit_the_robot_stops_before_the_first_tick(dims, message, tmp_path):
+    bridge, log = FeedBridge(config()), tmp_path / "misfit.jsonl"
+    policy = StepPolicy(**dims)
+    with pytest.raises(UserError, match=message):
+        serve(policy, bridge, ServeOptions(rate_hz=RATE, max_steps=5, log_path=log))
+    assert policy.calls == 0 and not policy.warmed  # never asked for an action
+    assert all(np.array_equal(c, [0.0, 0.0]) for _, c in bridge.commands)  # at most the exit hold (measured position)
+
+
+def test_robot_spec_from_the_config_and_only_policies_are_served():
+    cfg = config()
+    assert robot_spec(cfg).lowdim == {"proprio": 2} and robot_spec(cfg).cameras == ("front",)
+    cfg.state[0].joints = []  # all joints in message order: the size is known only once a message arrives
+    assert robot_spec(cfg).lowdim == {"proprio": None} and robot_spec(cfg).action_dim == 2
+    with pytest.raises(TypeError, match="voltron.policy.base.Policy"):
+        PolicyServer(object(), FeedBridge(cfg), ServeOptions())

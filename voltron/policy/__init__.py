@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def load_policy(directory: str | Path, device: str = "cpu"):
-    """Restore a policy that `voltron train-policy` wrote (see voltron.policy.model.load_policy)."""
-    from voltron.policy.model import load_policy as _load_policy
+    """Restore a policy that `voltron train-policy` or `voltron policy export` wrote, of any head (see
+    voltron.policy.base.load_policy); imported on first use so `import voltron.policy` stays light."""
+    from voltron.policy.base import load_policy as _load_policy
 
     return _load_policy(directory, device)

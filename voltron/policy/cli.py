@@ -1,4 +1,4 @@
-"""`voltron train-policy`, `voltron eval` and `voltron eval-suite`."""
+"""`voltron train-policy`, `voltron eval`, `voltron eval-suite` and `voltron policy export`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="run directory for the policy checkpoint and metrics")
     train.add_argument("--config", help="YAML file (configs/policy/*.yaml) stating what differs from the defaults")
     train.add_argument("--random-init", action="store_true", help="the encoder's architecture, randomly initialised")
+    train.add_argument(
+        "--bundle-encoder", action="store_true",
+        help="copy the pretrained encoder into the run folder, so it runs on its own (same as --train.bundle_encoder=true)",
+    )  # fmt: skip
     train.add_argument(
         "--overwrite", action="store_true",
         help="replace a policy already in --out (its files stay until the new policy is saved)",
@@ -65,6 +69,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suite.add_argument("--no-progress", action="store_true")
     suite.set_defaults(func=run_suite)
 
+    policy = subparsers.add_parser("policy", help="policy folders: export one to run elsewhere (e.g. on a robot)")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="POLICY_COMMAND")
+    policy.set_defaults(func=lambda args: (policy.print_help(), 2)[1])
+    export = policy_sub.add_parser(
+        "export",
+        help="copy a policy to a new folder, verified, optionally with its encoder",
+        description="Load the policy in SRC (verifying its encoder's SHA-256) and write it to the new folder DST. "
+        "With --bundle-encoder the pretrained encoder it references is copied in too, so DST runs on its own "
+        "(copy DST to the robot and `voltron ros serve --policy DST`). DST must not exist: nothing is overwritten.",
+    )
+    export.add_argument("src", help="policy folder (what train-policy wrote)")
+    export.add_argument("dst", help="new folder for the exported policy")
+    export.add_argument("--bundle-encoder", action="store_true", help="copy the referenced encoder into DST/encoder")
+    export.set_defaults(func=run_export)
+
 
 def run_train(args: argparse.Namespace) -> int:
     import json
@@ -75,6 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = [f"--policy.encoder={args.encoder}", *args.overrides]
     if args.random_init:
         overrides.append("--policy.pretrained=false")
+    if args.bundle_encoder:
+        overrides.append("--train.bundle_encoder=true")
     config = load_bc_config(args.config, overrides)
     demos = args.demos[0] if len(args.demos) == 1 else args.demos
     summary = train_policy(config, demos, args.out, progress=not args.no_progress, overwrite=args.overwrite)
@@ -92,6 +113,14 @@ def run_eval(args: argparse.Namespace) -> int:
         precision=args.precision, backend=args.inference_backend,
     )  # fmt: skip
     print(result.summary())
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from voltron.policy.base import export_policy
+
+    out = export_policy(args.src, args.dst, bundle_encoder=args.bundle_encoder)
+    print(f"policy exported to {out}{' with its encoder' if args.bundle_encoder else ''}")
     return 0
 
 

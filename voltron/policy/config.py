@@ -54,6 +54,9 @@ class TrainConfig:
     encode_batch_size: int = 32  # frames per encoder call while filling the feature cache
     cache_dtype: str = "float16"  # frozen-encoder token cache; float32 doubles its memory
     device: str = "auto"  # auto: cuda when available
+    # copy a referenced (frozen, pretrained) encoder into the policy folder (encoder/), so the folder runs on its own;
+    # trained or randomly initialised encoders are always stored in the policy's weights
+    bundle_encoder: bool = False
 
 
 @dataclass

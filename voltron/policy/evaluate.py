@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import subprocess
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from voltron.io import atomic_write_bytes, atomic_write_json
+from voltron.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 # Evaluation episodes start at this reset seed by default; `voltron sim collect` and the suites' demos start at 0,
 # so no evaluation episode starts in a scene a demonstration showed.
@@ -63,12 +62,11 @@ class EvalResult:
         )
 
 
-def check_policy_fits_env(policy: Any, env_proprio_dim: int, env_action_dim: int, task: str) -> None:
-    if policy.proprio_dim != env_proprio_dim or policy.action_dim != env_action_dim:
-        raise ValueError(
-            f"policy expects proprio {policy.proprio_dim}-d and acts {policy.action_dim}-d, but task {task!r} "
-            f"gives proprio {env_proprio_dim}-d and takes {env_action_dim}-d actions"
-        )
+def policy_observation(obs: dict[str, Any], info: dict[str, Any], camera: str | None) -> dict[str, Any]:
+    """A batched sim observation in the policy's observation schema (voltron/policy/base.py), with the simulator's
+    privileged state (what a state oracle reads)."""
+    images = {camera: obs["image"]} if camera is not None else {}
+    return {"images": images, "proprio": obs["proprio"], "language": obs["language"], "state": info["state"]}
 
 
 def caption_frames(frames: list[np.ndarray], text: str, success: bool) -> list[np.ndarray]:
@@ -118,14 +116,6 @@ def plot_success(results: list[EvalResult], path: Path, title: str) -> Path:
     return save_figure(fig, ax, path, "success rate (95% CI)", legend=False)
 
 
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def code_version() -> str:
     """voltron's version, plus the git commit when running from a checkout (e.g. "0.1.0+g1a2b3c4")."""
     import voltron
@@ -165,20 +155,19 @@ def rollout(
     Returns per-episode records of the rounds run here, the frames of the first `record` episodes, the rollout's
     wall seconds (after the environments started) and the env steps taken.
     """
+    from voltron.policy.base import EnvSpec, check_fits
     from voltron.sim.env import DEFAULT_MESH_CELL, SimEnv
     from voltron.sim.tasks import get_task
     from voltron.sim.vector import VectorSimEnv
 
     spec = get_task(task)
-    env_lowdim = 39 if policy.lowdim == "state" else len(spec.proprio_keys)  # MetaWorld's state is 39-d
-    check_policy_fits_env(policy, env_lowdim, 4, task)
     horizon = int(horizon or spec.horizon)
     if horizon < 1 or episodes < 1:
         raise ValueError(f"horizon={horizon}, episodes={episodes}: both must be at least 1")
     num_envs = max(1, min(num_envs, episodes))
-    if not getattr(policy, "uses_images", True):
+    camera = policy.cameras[0] if policy.cameras else None  # the simulator renders the one camera a policy reads
+    if camera is None:
         image_size, record = LOWDIM_IMAGE_SIZE, 0
-    camera = policy.camera if getattr(policy, "uses_images", True) else None
     env_kwargs = dict(
         horizon=horizon,
         image_size=image_size,
@@ -198,9 +187,11 @@ def rollout(
     if num_envs == 1:  # in-process: no worker to start (the serial baseline of bench/eval.py)
         env = SimEnv(task, **env_kwargs)
         step_fn, reset_fn, closer = (lambda a: _batched_step(env, a)), (lambda s: _batched_reset(env, s[0])), env.close
+        action_dim = env.action_space.shape[-1]
     else:
         vec = VectorSimEnv.from_task(task, num_envs, **env_kwargs)
         step_fn, reset_fn, closer = vec.step, vec.reset, vec.close
+        action_dim = vec.action_space.shape[-1]
     start = time.perf_counter()  # rollouts only: worker start-up is not what steps/s measures
     successes_so_far = 0
     try:
@@ -208,6 +199,11 @@ def rollout(
             ids = list(range(round_index * num_envs, min((round_index + 1) * num_envs, episodes)))
             seeds = [seed + i for i in ids] + [seed + ids[-1]] * (num_envs - len(ids))  # pad the last round
             obs, info = reset_fn(seeds)
+            if not records:  # before the first step: sizes and camera against what this env gives and takes
+                check_fits(
+                    policy,
+                    EnvSpec.from_observation(f"task {task!r}", policy_observation(obs, info, camera), action_dim),
+                )
             policy.reset()
             success = np.zeros(num_envs, dtype=bool)
             length = np.full(num_envs, horizon)
@@ -219,8 +215,7 @@ def rollout(
                 for slot, episode in enumerate(ids):
                     if episode < len(videos) and not done[slot]:
                         videos[episode].append(obs["image"][slot])
-                obs["state"] = info["state"]
-                actions = policy.select_action(obs)
+                actions = policy.select_action(policy_observation(obs, info, camera))
                 obs, reward, terminated, truncated, info = step_fn(actions)
                 active = ~done
                 steps_taken += int(active[: len(ids)].sum())
@@ -354,11 +349,12 @@ def evaluate(
     horizon = int(horizon or _task_horizon(task))
     image_size = int(policy.image_size or 224)
     num_envs = max(1, min(num_envs, episodes))
+    camera = policy.cameras[0] if policy.cameras else None
     settings = {
         "task": task, "episodes": episodes, "seed": seed, "num_envs": num_envs, "horizon": horizon,
-        "image_size": image_size if policy.uses_images else None, "camera": policy.camera if policy.uses_images else None,
-        "policy": str(policy_dir), "weights_sha256": _digest(weights), "mode": "eval", "terminate_on_success": True,
-        "inference": inference, "mesh_cell": DEFAULT_MESH_CELL if policy.uses_images else None,
+        "image_size": image_size if camera else None, "camera": camera,
+        "policy": str(policy_dir), "weights_sha256": sha256_file(weights), "mode": "eval", "terminate_on_success": True,
+        "inference": inference, "mesh_cell": DEFAULT_MESH_CELL if camera else None,
     }  # fmt: skip
     log_path = out / EPISODES_NAME
     finished = _read_finished(log_path, settings)

@@ -25,7 +25,7 @@ from voltron.errors import UserError
 from voltron.io import PARTIAL_SUFFIX, atomic_write_bytes, remove_stale_partials
 from voltron.models.checkpoints import CONFIG_NAME, WEIGHTS_NAME
 from voltron.policy.config import NO_ENCODER, BCConfig
-from voltron.policy.model import BCPolicy, build_encoder
+from voltron.policy.model import BUNDLE_DIR, BCPolicy, open_encoder
 
 
 def resolve_device(name: str) -> torch.device:
@@ -186,7 +186,7 @@ CHECKPOINTS_DIR = "checkpoints"
 METRICS_NAME = "metrics.jsonl"
 POLICY_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 # What a run writes into its directory, in the order a replacing run moves it in: the policy itself last.
-RUN_OUTPUTS = (CHECKPOINTS_DIR, METRICS_NAME, *POLICY_FILES)
+RUN_OUTPUTS = (CHECKPOINTS_DIR, METRICS_NAME, BUNDLE_DIR, *POLICY_FILES)
 
 
 def holds_policy(out_dir: str | Path) -> bool:
@@ -291,7 +291,7 @@ def _train(
     valid_episodes = lowdim_episodes(load_split(demos, valid_split, False), policy_cfg.lowdim, demos, valid_split)
     valid_windows = windows(valid_episodes, camera=policy_cfg.camera) if valid_episodes else None
 
-    encoder = build_encoder(policy_cfg)
+    encoder, encoder_record, encoder_folder = open_encoder(policy_cfg)  # records a pretrained encoder's SHA-256
     policy = BCPolicy(
         config,
         encoder,
@@ -300,6 +300,8 @@ def _train(
         NormStats.compute(train_windows.proprio),
         NormStats.compute(train_windows.actions),
         image_size=int(train_windows.frames(0).shape[1]) if encoder is not None else None,
+        encoder_record=encoder_record,
+        encoder_folder=encoder_folder,
     ).to(device)
 
     start = time.perf_counter()
@@ -321,13 +323,7 @@ def _train(
             valid_cache = encode_frames(policy, valid_windows, train_cfg.encode_batch_size, dtype, progress)
     encode_s = time.perf_counter() - start
 
-    parameters = [*policy.head.parameters(), *([] if policy.extractor is None else policy.extractor.parameters())]
-    groups = [{"params": parameters, "lr": train_cfg.lr}]
-    if encoder is not None and not policy_cfg.freeze_encoder:
-        groups.append(
-            {"params": [p for p in policy.encoder.parameters() if p.requires_grad], "lr": train_cfg.encoder_lr}
-        )
-    optimizer = torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay)
+    optimizer = torch.optim.AdamW(policy.get_optim_params(), weight_decay=train_cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda done: lr_factor(done + 1, train_cfg.steps, train_cfg.warmup_steps, train_cfg.schedule)
     )
@@ -400,5 +396,5 @@ def _train(
         "final_valid_loss": valid,
     }
     summary = finite_or_none(summary)
-    policy.save_pretrained(out_dir, extra={"training": summary})
+    policy.save_pretrained(out_dir, extra={"training": summary}, bundle_encoder=train_cfg.bundle_encoder)
     return summary

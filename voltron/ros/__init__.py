@@ -17,7 +17,7 @@ _EXPORTS = {
     "Observation": "voltron.ros.bridge",
     "make_bridge": "voltron.ros.bridge",
     "SafetyLayer": "voltron.ros.safety",
-    "Policy": "voltron.ros.server",
+    "Policy": "voltron.policy.base",
     "ServeOptions": "voltron.ros.server",
     "serve": "voltron.ros.server",
     "bag2demos": "voltron.ros.bags",

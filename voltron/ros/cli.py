@@ -78,9 +78,10 @@ def _serve(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from voltron.policy.base import check_fits
     from voltron.ros.bridge import make_bridge
     from voltron.ros.config import load_robot_config
-    from voltron.ros.server import ServeOptions, serve
+    from voltron.ros.server import ServeOptions, robot_spec, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_robot_config(args.robot, _draccus_args(args.overrides))
@@ -95,8 +96,10 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     policy = load_policy(args.policy)
-    if hasattr(policy, "use_inference"):  # a BC policy's encoder; other policy objects (select_action/reset) run as is
-        print(f"ros serve: encoder inference path {policy.use_inference(args.precision, args.inference_backend)}")
+    check_fits(policy, robot_spec(config))  # before connecting; the server checks again on the first observation
+    inference = policy.use_inference(args.precision, args.inference_backend)
+    if inference is not None:  # a policy with an encoder
+        print(f"ros serve: encoder inference path {inference}")
     log_path = args.log or Path("runs/ros") / time.strftime("serve-%Y%m%d-%H%M%S.jsonl")
     options = ServeOptions(
         rate_hz=args.rate,

@@ -1,7 +1,9 @@
 """The policy server: a fixed-rate loop from the latest observation through the policy and safety layer to the robot.
 
-Each tick: take the latest observation; unless the watchdog already says hold, run `select_action`; filter through
-`SafetyLayer`; send (unless `dry_run`); append one JSON line of latency figures. Ticks sit on a fixed grid
+The policy is a `voltron.policy.base.Policy`; before the first tick it is checked against the robot (`check_fits`:
+action size, proprio size, cameras) and warmed up on the first observation. Each tick: take the latest observation;
+unless the watchdog already says hold, run `select_action`; filter through `SafetyLayer`; send (unless `dry_run`);
+append one JSON line of latency figures. Ticks sit on a fixed grid
 (start + k * period): a tick that overruns counts as a missed deadline and the loop skips to the next grid point
 rather than bursting to catch up. Every exit path (max steps, max time, SIGINT/SIGTERM, an exception) sends a final
 hold before disconnecting.
@@ -15,27 +17,28 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from voltron.policy.base import EnvSpec, Policy, check_fits
 from voltron.ros.bridge import Observation, RobotBridge
+from voltron.ros.config import RobotConfig
 from voltron.ros.safety import SafetyLayer, StopOnSignals
 
 log = logging.getLogger("voltron.ros.server")
+POSE_SIZE = 7  # a PoseStamped state source: position xyz, orientation xyzw
 
 
-@runtime_checkable
-class Policy(Protocol):
-    """What the server needs from a policy (voltron.policy provides it; any object with select_action works).
-
-    select_action(obs) takes {"images": {camera: (H, W, 3) uint8}, "proprio": (P,) float32, "language": str} and
-    returns the action in robot units, (A,) or batched (1, A) (an action chunk (T, A) runs its first row).
-    A policy may also define `warmup(obs)` (run before the first tick, so the encoder's first-call cost is not paid
-    inside the control loop) and `reset()` (called after warm-up).
-    """
-
-    def select_action(self, obs: dict) -> np.ndarray: ...
+def robot_spec(config: RobotConfig, obs: Observation | None = None) -> EnvSpec:
+    """What the robot gives a policy and takes from it, for `check_fits`: its cameras, `action.dim`, and the proprio
+    size of `obs`, or without one what the state sources add up to (unknown while a JointState lists no joints)."""
+    if obs is not None:
+        proprio = int(np.size(obs.proprio))
+    else:
+        sizes = [POSE_SIZE if s.type.endswith("PoseStamped") else len(s.joints) * len(s.fields) for s in config.state]
+        joint_states = [s for s in config.state if not s.type.endswith("PoseStamped")]
+        proprio = None if any(not s.joints for s in joint_states) else sum(sizes)
+    return EnvSpec(f"robot {config.name!r}", config.action.dim, {"proprio": proprio}, tuple(config.cameras))
 
 
 @dataclass
@@ -46,7 +49,6 @@ class ServeOptions:
     max_seconds: float | None = None
     log_path: str | os.PathLike | None = None  # JSONL, one record per tick
     first_observation_timeout_s: float = 10.0
-    warmup_calls: int = 2  # select_action calls before the loop when the policy has no warmup()
     # After the final hold, keep the connection this long before disconnecting: a bridge that closes right after
     # publishing can tear down its publisher before the hold reaches the robot (seen with rosbridge over loopback).
     hold_linger_s: float = 0.25
@@ -84,25 +86,23 @@ class PolicyServer:
     """Runs one policy on one bridge. `run()` blocks until a bound or a stop signal ends it."""
 
     def __init__(self, policy: Policy, bridge: RobotBridge, options: ServeOptions):
+        if not isinstance(policy, Policy):
+            raise TypeError(f"the policy server runs a voltron.policy.base.Policy; got {type(policy).__name__}")
         self.policy = policy
         self.bridge = bridge
         self.options = options
         cfg = bridge.config
         self.safety = SafetyLayer(cfg.action, cfg.safety, options.period_s)
-        self.summary = ServeSummary(inference=getattr(policy, "inference", None))
+        self.summary = ServeSummary(inference=policy.inference)
         self._estop_forwarded = False
         self._log_file = None
 
     # --- pieces -----------------------------------------------------------------------------------------------------
     def warm_up(self, obs: Observation) -> float:
+        """Check the policy against the robot on its first observation, then warm it up (it is reset after)."""
+        check_fits(self.policy, robot_spec(self.bridge.config, obs))
         start = time.perf_counter()
-        if hasattr(self.policy, "warmup"):
-            self.policy.warmup(obs.policy_input())
-        else:
-            for _ in range(max(0, self.options.warmup_calls)):
-                self.policy.select_action(obs.policy_input())
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
+        self.policy.warmup(obs.policy_input())
         return time.perf_counter() - start
 
     def send_hold(self, reason: str) -> bool:
