@@ -54,10 +54,11 @@ class SimEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # MetaWorld steps at 80 Hz (5 x 2.5 ms)
 
-    def __new__(cls, task: str | TaskSpec, *args: Any, **kwargs: Any) -> gym.Env:
+    def __new__(cls, task: str | TaskSpec | None = None, *args: Any, **kwargs: Any) -> gym.Env:
         # SimEnv(task) builds the env class of the task's family (ENV_CLASSES), so every caller that names SimEnv
         # (evaluation, vector envs, collection) runs the Franka Kitchen tasks too; Python then skips __init__ here.
-        env_cls = env_class(task)
+        # (No task: unpickling or copying, which call __new__ bare.)
+        env_cls = SimEnv if task is None else env_class(task)
         if cls is SimEnv and env_cls is not SimEnv:
             return env_cls(task, *args, **kwargs)
         return super().__new__(cls)

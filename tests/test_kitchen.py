@@ -200,3 +200,25 @@ def test_collected_demos_hold_both_views(tmp_path):
         assert episode.images["left_cap2"].shape[1:] == (16, 16, 3) and episode.actions.shape[1] == 9
         assert not np.array_equal(episode.images["left_cap2"], episode.images["right_cap2"])
         assert episode.state.shape[1] == KitchenEnv.STATE_DIM and episode.proprio.shape[1] == 9
+
+
+@pytest.mark.slow
+def test_kitchen_suite_reports_each_view_and_their_mean(tmp_path):
+    import json
+
+    from voltron.policy.suite import FLOOR, ORACLE, SuiteOptions, run_eval_suite
+
+    options = SuiteOptions(
+        encoders=["v-cond-tiny"], random_init=[True], suite="kitchen5", tasks=["kitchen-sdoor-open"],
+        demos_per_task=[2], seeds=1, episodes=2, checkpoints=1, checkpoint_episodes=0, num_envs=1, steps=3,
+        image_size=32, out=str(tmp_path / "suite"), train_overrides=["--train.batch_size=8"], progress=False,
+    )  # fmt: skip
+    table = run_eval_suite(options)
+    encoder = "v-cond-tiny (random init)"
+    views = [f"{encoder} [left_cap2]", f"{encoder} [right_cap2]", f"{encoder} [mean of views]"]
+    assert list(table.rows) == [ORACLE, FLOOR, *views]
+    assert table.rows[views[2]]["kitchen-sdoor-open"]["n"] == 4  # both views' episodes, pooled
+    results = json.loads((tmp_path / "suite" / "results.json").read_text())
+    assert results["protocol"]["views"] == ["left_cap2", "right_cap2"]
+    cameras = {r["settings"]["camera"] for label in views[:2] for r in results["runs"][label]["kitchen-sdoor-open"]}
+    assert cameras == {"left_cap2", "right_cap2"}

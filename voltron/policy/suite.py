@@ -40,14 +40,19 @@ ORACLE, FLOOR = "state oracle", "proprio only"
 class SuiteSpec:
     tasks: tuple[str, ...]
     camera: str  # the default view, chosen from what it shows (see the README's evaluation section)
+    views: tuple[str, ...] = ()  # several: one policy per view, rows per view and their mean (the paper's kitchen)
 
 
 def suite_spec(name: str) -> SuiteSpec:
-    from voltron.sim.tasks import EVAL_TASKS
+    from voltron.sim.tasks import EVAL_TASKS, KITCHEN_TASKS
 
     # MetaWorld: `corner3` sees the peg and nut (assembly), both bins (bin-picking), hammer and nail, drawer and
     # button unoccluded; from `corner` the arm hides assembly's red peg, and `topview` shrinks them to a few pixels.
-    suites = {"metaworld5": SuiteSpec(EVAL_TASKS, "corner3")}
+    # Franka Kitchen (R3M, Voltron): both of R3M's views, each its own policy, reported per view and averaged.
+    suites = {
+        "metaworld5": SuiteSpec(EVAL_TASKS, "corner3"),
+        "kitchen5": SuiteSpec(tuple(KITCHEN_TASKS), "left_cap2", ("left_cap2", "right_cap2")),
+    }
     if name not in suites:
         raise KeyError(f"unknown suite {name!r}; expected one of {sorted(suites)}")
     return suites[name]
@@ -71,7 +76,7 @@ class SuiteOptions:
     horizon: int | None = None  # default: the task's (500 for MetaWorld)
     steps: int = 2000  # at batch 256 (train.batch_size): 512k samples, R3M's 20k x 32 = 640k
     image_size: int = 112
-    camera: str | None = None  # default: the suite's
+    camera: str | None = None  # default: the suite's views (each its own policy), or its camera
     labels: list[str] | None = None  # display names for the encoders (default: their ids or folder names)
     random_init: list[bool] | None = None  # per encoder: evaluate its architecture randomly initialised
     references: bool = True  # the state-oracle and proprio-only rows
@@ -133,8 +138,9 @@ def _load_result(path: Path) -> EvalResult | None:
 
 
 def train_and_evaluate(
-    options: SuiteOptions, row: Row, task: str, n_demos: int, seed: int, demos: Path, run: Path, token_cache: dict
-) -> tuple[EvalResult, list[dict[str, Any]]]:
+    options: SuiteOptions, row: Row, task: str, n_demos: int, seed: int, demos: Path, run: Path, token_cache: dict,
+    view: str | None = None,
+) -> tuple[EvalResult, list[dict[str, Any]]]:  # fmt: skip
     """The final evaluation, and the learning curve [{step, rate, episodes}] over the checkpoints."""
     from voltron.policy.config import load_bc_config
     from voltron.policy.train import CHECKPOINTS_DIR, train_policy
@@ -149,6 +155,7 @@ def train_and_evaluate(
             f"--train.steps={options.steps}",
             f"--train.max_episodes={n_demos}",
             f"--train.checkpoint_every={every if options.checkpoints > 1 else 0}",
+            *([f"--policy.camera={view}"] if view else []),
             *options.train_overrides,
         ]
         if row.random_init:  # the architecture at the rendered size (a pretrained encoder keeps its own)
@@ -210,6 +217,7 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     spec = suite_spec(options.suite)
     tasks = list(options.tasks or spec.tasks)
     camera = options.camera or spec.camera
+    views = (options.camera,) if options.camera else (spec.views or (camera,))
     counts = sorted(set(options.demos_per_task))
     if not counts or counts[0] < 1 or options.seeds < 1 or options.episodes < 1:
         raise ValueError(
@@ -217,24 +225,41 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
             "each must be at least 1"
         )
     rows = suite_rows(options)
+    # (row, demo count, view) -> table label; the reference rows see no image, so they run once (view None)
     labels = {
-        (row.label, n): row.label if len(counts) == 1 else f"{row.label}, {n} demos" for row in rows for n in counts
+        (row.label, n, view): _row_label(row.label, n if len(counts) > 1 else None, view if len(views) > 1 else None)
+        for row in rows
+        for n in counts
+        for view in _row_views(row, views)
     }
     results: dict[str, dict[str, list[EvalResult]]] = {label: {} for label in labels.values()}
     curves: dict[str, dict[str, list[list[dict[str, Any]]]]] = {label: {} for label in labels.values()}
     for task in tasks:
         demos = ensure_demos(task, counts[-1], out, options.image_size, camera, options.progress)
         for row in rows:
-            token_cache: dict = {}  # one encoding of the demos serves every seed and demo count of this row
+            for view in _row_views(row, views):
+                token_cache: dict = {}  # one encoding of the demos serves every seed and demo count of this row
+                for n in counts:
+                    label = labels[(row.label, n, view)]
+                    for seed in range(options.seeds):
+                        run = out / "policies" / _slug(label) / task / f"seed{seed}"
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            final, curve = train_and_evaluate(
+                                options, row, task, n, seed, demos, run, token_cache, view if len(views) > 1 else None
+                            )
+                        results[label].setdefault(task, []).append(final)
+                        curves[label].setdefault(task, []).append(curve)
+    if len(views) > 1:  # the paper's number: each encoder row pooled over its views (equal episodes per view)
+        for row in rows:
             for n in counts:
-                label = labels[(row.label, n)]
-                for seed in range(options.seeds):
-                    run = out / "policies" / _slug(label) / task / f"seed{seed}"
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        final, curve = train_and_evaluate(options, row, task, n, seed, demos, run, token_cache)
-                    results[label].setdefault(task, []).append(final)
-                    curves[label].setdefault(task, []).append(curve)
+                if len(_row_views(row, views)) < 2:
+                    continue
+                mean_label = _row_label(row.label, n if len(counts) > 1 else None, "mean of views")
+                per_view = [labels[(row.label, n, view)] for view in views]
+                results[mean_label] = {t: [r for v in per_view for r in results[v][t]] for t in tasks}
+                curves[mean_label] = {t: [c for v in per_view for c in curves[v][t]] for t in tasks}
+                labels[(row.label, n, "mean")] = mean_label
     table_rows = {
         label: {
             **{t: aggregate(results[label][t], curves[label][t]) for t in tasks},
@@ -249,12 +274,13 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     margins: dict[str, dict[str, float]] = {}
     if options.references:
         for n in counts:
-            oracle, floor = table_rows[labels[(ORACLE, n)]], table_rows[labels[(FLOOR, n)]]
+            oracle, floor = table_rows[labels[(ORACLE, n, None)]], table_rows[labels[(FLOOR, n, None)]]
             broken += [t for t in tasks if oracle[t]["best"] < ORACLE_MIN and t not in broken]
-            for row in rows[2:]:
-                margins[labels[(row.label, n)]] = margin(table_rows[labels[(row.label, n)]]["mean"], floor["mean"])
+            for (label, count, _), table_label in labels.items():
+                if count == n and label not in (ORACLE, FLOOR):
+                    margins[table_label] = margin(table_rows[table_label]["mean"], floor["mean"])
     table = SuiteTable(tasks, table_rows, broken, margins)
-    protocol = {**asdict(options), "camera": camera, "tasks": tasks, "oracle_min": ORACLE_MIN}
+    protocol = {**asdict(options), "camera": camera, "views": list(views), "tasks": tasks, "oracle_min": ORACLE_MIN}
     runs = {label: {t: [asdict(r) for r in rs] for t, rs in by_task.items()} for label, by_task in results.items()}
     atomic_write_json(
         out / "results.json",
@@ -270,10 +296,23 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     return table
 
 
+def _row_views(row: Row, views: tuple[str, ...]) -> tuple[str | None, ...]:
+    from voltron.policy.config import NO_ENCODER
+
+    return (None,) if row.encoder == NO_ENCODER else views
+
+
+def _row_label(label: str, n_demos: int | None, view: str | None) -> str:
+    """ "v-cond", or with a demo count and a view: "v-cond, 10 demos [left_cap2]"."""
+    text = label if n_demos is None else f"{label}, {n_demos} demos"
+    return text if view is None else f"{text} [{view}]"
+
+
 def protocol_note(protocol: dict[str, Any]) -> str:
     episodes = protocol["checkpoint_episodes"] or protocol["episodes"]
     return (
-        f"Protocol: {protocol['suite']} ({', '.join(protocol['tasks'])}), camera `{protocol['camera']}` at "
+        f"Protocol: {protocol['suite']} ({', '.join(protocol['tasks'])}), "
+        f"view(s) {', '.join(f'`{v}`' for v in protocol.get('views') or [protocol['camera']])} at "
         f"{protocol['image_size']} px, {'/'.join(map(str, protocol['demos_per_task']))} demos per task, {protocol['seeds']} seed(s), "
         f"{protocol['steps']} BC steps (cosine), final evaluation {protocol['episodes']} episodes per policy in "
         f"eval mode on unseen seeds (from {EVAL_SEED_OFFSET}), horizon {protocol['horizon'] or 'the task default'} steps. "
