@@ -35,6 +35,11 @@ sys.path[:0] = [str(PEER_SCRIPT.parent), str(REPO / "tests")]  # the peer's fram
 from lerobot_peer import pattern_frame  # noqa: E402  (numpy only: the frames the peer writes)
 
 LENGTHS = (12, 9, 15)
+PEER_CAMERAS = (  # our name, LeRobot key: two AV1 videos with DROID names, and PNG images in the parquet
+    ("ext1", "observation.images.exterior_1_left"),
+    ("wrist", "observation.images.wrist_left"),
+    ("top", "observation.images.top"),
+)
 CODEC_TOLERANCE = 8.0  # mean absolute error (0-255) of a crf-30 AV1/H.264 frame of these flat patterns
 
 
@@ -383,13 +388,12 @@ def test_our_reader_matches_lerobots_reader_on_a_lerobot_written_dataset(peer_da
         and meta["info"]["features"]["observation.images.wrist_left"]["info"]["video.codec"] == "av1"
     )
     episodes = load_episodes(root)
-    for name, key in (("ext1", "observation.images.exterior_1_left"), ("wrist", "observation.images.wrist_left")):
+    for c, (name, key) in enumerate(PEER_CAMERAS):
         ours = np.concatenate([e.images[name] for e in episodes])
         assert mean_abs(ours, dump[key]) <= 0.5  # the same AV1 frames through libdav1d (PyAV) and torchcodec
-        original = np.concatenate(
-            [np.stack([pattern_frame(name == "wrist", e, t) for t in range(n)]) for e, n in enumerate(LENGTHS)]
-        )
+        original = np.concatenate([np.stack([pattern_frame(c, e, t) for t in range(n)]) for e, n in enumerate(LENGTHS)])
         assert mean_abs(ours, original) < CODEC_TOLERANCE
+    np.testing.assert_array_equal(np.concatenate([e.images["top"] for e in episodes]), dump["observation.images.top"])
     np.testing.assert_array_equal(np.concatenate([e.proprio for e in episodes]), dump["observation.state"])
     np.testing.assert_array_equal(np.concatenate([e.actions for e in episodes]), dump["action"])
     assert [e.language for e in episodes for _ in range(len(e))] == meta["tasks"]
@@ -403,14 +407,14 @@ def test_lerobot_loads_our_dataset_and_lerobot_doctor_passes_it(peer_dataset, tm
     for e, episode in enumerate(episodes):  # the original frames, so the stats are comparable with LeRobot's
         episode.images = {
             name: np.stack([pattern_frame(c, e, t) for t in range(len(episode))])
-            for c, name in enumerate(("ext1", "wrist"))
+            for c, (name, _) in enumerate(PEER_CAMERAS)
         }
     ours = write_lerobot(tmp_path / "ours", episodes, fps=15, robot_type="franka")
     run_peer(str(PEER_SCRIPT), "dump", str(ours), str(tmp_path / "dump.npz"), cwd=tmp_path)
     dump, meta = dict(np.load(tmp_path / "dump.npz")), json.loads((tmp_path / "dump.json").read_text())
     assert meta["num_episodes"] == 3 and meta["tasks"] == peer_meta["tasks"]
     read_back = load_episodes(ours)
-    for name, key in (("ext1", "observation.images.exterior_1_left"), ("wrist", "observation.images.wrist_left")):
+    for name, key in PEER_CAMERAS:
         assert mean_abs(np.concatenate([e.images[name] for e in read_back]), dump[key]) <= 0.5
         assert mean_abs(dump[key], peer_dump[key]) < CODEC_TOLERANCE
     for key in ("observation.state", "action", "timestamp", "frame_index", "episode_index", "index", "task_index"):

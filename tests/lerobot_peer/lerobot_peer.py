@@ -27,6 +27,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local dataset never needs the Hub; fail rather than download
 REPO_ID = "voltron/peer"
 CAMERAS = ("exterior_1_left", "wrist_left")  # DROID-in-LeRobot names, so the reader's role mapping is exercised
+IMAGE_CAMERA = "top"  # a third camera stored as PNG images inside the parquet (dtype "image"), not as video
 HEIGHT, WIDTH, STATE_DIM, ACTION_DIM = 48, 64, 8, 7
 
 
@@ -34,7 +35,7 @@ def pattern_frame(camera: int, episode: int, step: int) -> np.ndarray:
     """(H, W, 3) uint8: red encodes the step, green the camera and episode, blue the quadrant (orientation)."""
     frame = np.empty((HEIGHT, WIDTH, 3), np.uint8)
     frame[..., 0] = (16 * step + 8) % 256
-    frame[..., 1] = 60 + 90 * camera + 20 * episode
+    frame[..., 1] = 40 + 70 * camera + 15 * episode
     frame[: HEIGHT // 2, : WIDTH // 2, 2] = 220
     frame[: HEIGHT // 2, WIDTH // 2 :, 2] = 40
     frame[HEIGHT // 2 :, : WIDTH // 2, 2] = 130
@@ -53,6 +54,11 @@ def write(root: Path, lengths: list[int], vcodec: str, fps: int) -> None:
         }
         for name in CAMERAS
     }
+    features[f"observation.images.{IMAGE_CAMERA}"] = {
+        "dtype": "image",
+        "shape": (HEIGHT, WIDTH, 3),
+        "names": ["height", "width", "channels"],
+    }
     features["observation.state"] = {"dtype": "float32", "shape": (STATE_DIM,), "names": None}
     features["action"] = {"dtype": "float32", "shape": (ACTION_DIM,), "names": None}
     dataset = LeRobotDataset.create(
@@ -62,6 +68,7 @@ def write(root: Path, lengths: list[int], vcodec: str, fps: int) -> None:
     for episode, length in enumerate(lengths):
         for step in range(length):
             frame = {f"observation.images.{name}": pattern_frame(c, episode, step) for c, name in enumerate(CAMERAS)}
+            frame[f"observation.images.{IMAGE_CAMERA}"] = pattern_frame(len(CAMERAS), episode, step)
             frame["observation.state"] = rng.normal(size=STATE_DIM).astype(np.float32)
             frame["action"] = rng.uniform(-1, 1, size=ACTION_DIM).astype(np.float32)
             frame["task"] = f"task number {episode % 2}: put the marker in the cup"
