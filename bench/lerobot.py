@@ -15,7 +15,7 @@ a state oracle (no camera; the LeRobot copy must give the same policy) and a fro
 frames (the codec's loss is the only difference).
 
     .venv/bin/python bench/lerobot.py speed   [--demos N] [--samples 300] [--repeats 3]
-    .venv/bin/python bench/lerobot.py success [--demos 20] [--episodes 30] [--steps 1000]
+    .venv/bin/python bench/lerobot.py success [--demos 20] [--episodes 30] [--steps 1000] [--seed 0] [--rows all]
 """
 
 from __future__ import annotations
@@ -172,14 +172,18 @@ def success(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     results: dict[str, dict] = {}
     for row, overrides in rows.items():
+        if args.rows != "all" and row.split()[0] not in args.rows.split(","):
+            continue
         for name, path in copies.items():
-            run = args.out / "runs" / f"{row.replace(' ', '-').replace(',', '')}-{name.split()[0]}"
-            config = load_bc_config(None, [*overrides, f"--train.steps={args.steps}", "--train.device=cpu"])
+            suffix = f"-seed{args.seed}" if args.seed else ""
+            run = args.out / "runs" / f"{row.replace(' ', '-').replace(',', '')}-{name.split()[0]}{suffix}"
+            options = [f"--train.steps={args.steps}", "--train.device=cpu", f"--policy.seed={args.seed}"]
+            config = load_bc_config(None, [*overrides, *options])
             if not (run / "model.safetensors").exists():
                 shutil.rmtree(run, ignore_errors=True)
                 train_policy(config, path, run, progress=False)
             result = evaluate(run, TASK, args.episodes, num_envs=2, out_dir=run / "eval", videos=0, progress=False)
-            results[f"{row} | {name}"] = {
+            results[f"{row} | {name} | seed {args.seed}"] = {
                 "successes": result.successes, "episodes": result.episodes, "rate": result.success_rate,
                 "ci": [round(result.ci_low, 3), round(result.ci_high, 3)],
             }  # fmt: skip
@@ -196,12 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (speed); the best is reported")
     parser.add_argument("--episodes", type=int, default=30, help="evaluation episodes per policy (success)")
     parser.add_argument("--steps", type=int, default=1000, help="policy training steps (success)")
+    parser.add_argument("--seed", type=int, default=0, help="policy seed (success)")
+    parser.add_argument("--rows", default="all", help="success rows: all, or a comma list of state,tiny")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
     args.out.mkdir(parents=True, exist_ok=True)
     results = speed(args) if args.part == "speed" else success(args)
-    (args.out / f"{args.part}.json").write_text(json.dumps(results, indent=2))
-    print(f"results: {args.out / f'{args.part}.json'}")
+    name = args.part if args.part == "speed" or not args.seed else f"{args.part}-seed{args.seed}"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    print(f"results: {args.out / f'{name}.json'}")
     return 0
 
 
