@@ -32,9 +32,9 @@ import numpy as np
 
 from voltron.sim.env import DEFAULT_MESH_CELL, task_spaces
 from voltron.sim.render import OffscreenRenderer, mujoco
-from voltron.sim.tasks import TaskSpec, get_task
+from voltron.sim.tasks import KITCHEN_HORIZON, TaskSpec, get_task
 
-HORIZON = 50  # R3M's max_episode_steps for every kitchen_*-v3 task
+HORIZON = KITCHEN_HORIZON  # steps per episode (sim/tasks.py says why)
 FRAME_SKIP = 40  # physics steps of 2 ms per env step: 12.5 Hz
 MAX_JOINT_SPEED = 2 * math.pi  # R3M's actuator vel_range (4*pi/2): rad/s (m/s for the fingers) per unit action
 DESK_JITTER = 0.1  # metres, uniform on x, y, z (KitchenFrankaRandomDesk)

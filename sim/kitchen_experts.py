@@ -38,6 +38,7 @@ MAX_TURN = 0.35  # radians of hand rotation asked for per env step
 DAMPING = 0.05  # damped least squares
 REACHED = 0.015  # metres: a waypoint counts as reached within this
 GRASP_STEPS = 2
+INSERT_STEPS = 8  # at most: a handle touched on the way in stops the hand short of the waypoint
 MAX_JOINT_STEP = 0.3  # radians per env step in the joint-space transit
 TRANSIT_DONE = 0.05  # radians: the transit ends when every joint is this close
 LIMIT_MARGIN = 0.3  # radians from a joint limit where the null-space push away from it starts
@@ -80,15 +81,17 @@ class Script:
     yaw_blend: float = 0.0  # approach yaw: 0 square to the handle's body, 1 along the line from the shoulder
     grip_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # world offset of the grip point from the site
     hand_turn: float = 1.0  # share of a hinge's rotation the hand follows (a round bar may turn between the fingers)
+    depth: float = INSERT_DEPTH  # metres past the site along the approach at the grasp
 
 
 SCRIPTS = {
     # the knob turns about the approach axis; the gripper is symmetric, and rolled by pi the wrist has room to turn
-    "kitchen-knob-on": Script(roll=-np.pi),
+    "kitchen-knob-on": Script(roll=-np.pi, depth=-0.012),  # the knob's disc sits 2 cm behind its bar
     "kitchen-light-on": Script(),
     "kitchen-sdoor-open": Script(),
-    "kitchen-ldoor-open": Script(yaw_blend=0.5, grip_offset=(0.0, 0.0, -0.1), hand_turn=0.5),  # low: the top is far
-    "kitchen-micro-open": Script(grip_offset=(0.0, 0.0, 0.1), hand_turn=0.5),  # high, the hand pitched over the kettle
+    # the doors' round bars turn between the fingers, so the hand keeps its orientation and the arm its reach
+    "kitchen-ldoor-open": Script(yaw_blend=0.5, grip_offset=(0.0, 0.0, -0.1), hand_turn=0.0, depth=-0.01),  # low
+    "kitchen-micro-open": Script(grip_offset=(0.0, 0.0, 0.1), hand_turn=0.0, depth=-0.01),  # high, over the kettle
 }
 SHOULDER = np.array([0.0, 0.0, 2.133])  # the arm's joint-2 axis height above the base at (0, 0, 1.8)
 
@@ -295,11 +298,11 @@ class KitchenExpert:
             position, orientation = self._turn_target()
         else:  # straight in along the approach of the pre-grasp solution, holding its orientation
             grip, _ = self._grasp_pose()
-            position, orientation = grip + INSERT_DEPTH * self._hold[:, 2], self._hold
+            position, orientation = grip + self.script.depth * self._hold[:, 2], self._hold
         increment, error = dls_step(model, data, site, position, orientation, False, self._jacobians)
         increment = np.clip(increment, -MAX_JOINT_STEP, MAX_JOINT_STEP)
         reached = np.linalg.norm(error[:3]) < REACHED
-        if self.phase == "insert" and reached:
+        if self.phase == "insert" and (reached or self.phase_steps + 1 >= INSERT_STEPS):
             self._advance("grasp")
         elif self.phase == "grasp" and self.phase_steps + 1 >= GRASP_STEPS:
             body_position, body_orientation = data.xpos[self.body], data.xmat[self.body].reshape(3, 3)

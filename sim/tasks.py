@@ -118,6 +118,8 @@ CORPUS_TASKS = tuple(name for name in TASKS if name not in EVAL_TASKS)  # 45 nam
 # Franka Kitchen (voltron.sim.kitchen holds the goals and the env): R3M's five kitchen_*-v3 tasks, 50 steps, 9-d
 # joint-velocity actions, 9-d proprio (7 arm joints, 2 fingers), two views.
 KITCHEN_PROPRIO_KEYS = (*(f"panda_joint{i}" for i in range(1, 8)), "finger_joint1", "finger_joint2")
+R3M_KITCHEN_HORIZON = 50  # R3M's max_episode_steps for every kitchen_*-v3 task
+KITCHEN_HORIZON = R3M_KITCHEN_HORIZON
 _KITCHEN = {
     "kitchen-knob-on": ("turn the oven knob", "kitchen_knob1_on-v3"),
     "kitchen-light-on": ("switch on the light", "kitchen_light_on-v3"),
@@ -130,7 +132,7 @@ KITCHEN_TASKS: dict[str, TaskSpec] = {
         name,
         language,
         camera="left_cap2",
-        horizon=50,
+        horizon=KITCHEN_HORIZON,
         proprio_keys=KITCHEN_PROPRIO_KEYS,
         family="kitchen",
         action_dim=9,
