@@ -63,14 +63,17 @@ def build_corpus(root: Path, n_clips: int) -> None:
 
 
 def samples_per_second(dataset, n_samples: int, batch_size: int, num_workers: int = 0) -> float:
-    """Throughput of a shuffled DataLoader over `dataset`, after one warm-up batch (collate included)."""
-    from voltron.datasets.loader import build_dataloader
+    """Throughput of the trainer's loader (`ResumableLoader`: shuffled steps of `batch_size`) over `dataset`, after
+    one warm-up batch (collate included)."""
+    from voltron.pretrain.config import PretrainConfig, replace
+    from voltron.pretrain.data import ResumableLoader
 
-    loader = build_dataloader(dataset, batch_size, num_workers=num_workers, drop_last=True)
+    train = {"global_batch": batch_size, "device_batch": batch_size, "seed": dataset.seed}
+    config = replace(PretrainConfig(), train=train, data={"num_workers": num_workers})
+    loader = ResumableLoader(dataset, config, rank=0, world_size=1)
     seen, start = 0, None
     for epoch in range(10**6):  # as many epochs as it takes (a small corpus has few examples per epoch)
-        loader.set_epoch(epoch)
-        for batch in loader:
+        for batch in loader.epoch(epoch):
             if start is None:  # warm-up: worker start, first file opens
                 start = time.perf_counter()
                 continue

@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
+    from voltron.devices import resolve_device
     from voltron.models.blocks import set_attention_impl
     from voltron.models.registry import build_model
-    from voltron.pretrain.distributed import resolve_device
     from voltron.pretrain.optim import build_optimizer
     from voltron.pretrain.tracking import peak_flops, training_flops
     from voltron.pretrain.trainer import Objective, autocast_factory, resolve_precision, train_step

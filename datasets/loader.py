@@ -1,4 +1,4 @@
-"""The pretraining Dataset and DataLoader: sampled frames (uint8, channels-first) + caption tokens per example.
+"""The pretraining Dataset: sampled frames (uint8, channels-first) + caption tokens per example.
 
 The batch contract (what the models and the trainer consume) for `VideoLanguageDataset.__getitem__`:
 - "frames": uint8 at the training size, (3, H, W) for `state` / `state+language`, (2, 3, H, W) for
@@ -8,9 +8,9 @@ The batch contract (what the models and the trainer consume) for `VideoLanguageD
 - "seed": int64 scalar derived from (seed, epoch, index); models derive their random MAE masks from it, so
   1-process and 2-process runs see the same masks.
 - "index": int64 scalar (the dataset index); "frame_indices": int64 (n_frames,).
-Everything an example holds is a pure function of (seed, epoch, index), and the order comes from a
-`DistributedSampler` seeded with the same seed (with one replica when not distributed), so a resumed run
-sees exactly the batches it would have seen.
+Everything an example holds is a pure function of (seed, epoch, index), so any order of examples can be replayed:
+the trainer's loader (`voltron.pretrain.data.ResumableLoader`) takes its order from `StepBatchSampler`, and a
+resumed run sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from voltron.datasets.corpus import ClipEntry
 from voltron.datasets.sampling import MIN_CLIP_FRAMES, example_seed, frame_indices, get_scheme
@@ -225,67 +225,4 @@ def open_store(
         augment=augment,
         fixed_epoch=0 if split == "val" else None,
         max_examples=max_examples,
-    )
-
-
-# --- The loader --------------------------------------------------------------------------------------------------
-
-
-class VideoDataLoader(DataLoader):
-    """A DataLoader whose `set_epoch` advances both the sampler's shuffle and the dataset's frame sampling."""
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-        self.dataset.set_epoch(epoch)
-
-
-def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)  # each worker decodes one example at a time; threads would fight over cores
-
-
-def build_dataloader(
-    dataset: VideoLanguageDataset,
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    drop_last: bool = True,
-    num_workers: int = 0,
-    rank: int | None = None,
-    world_size: int | None = None,
-    pin_memory: bool = False,
-    prefetch_factor: int | None = 4,
-    persistent_workers: bool | None = None,
-    multiprocessing_context: str | None = None,
-) -> VideoDataLoader:
-    """A loader for `dataset`, sharded over ranks with `DistributedSampler` (one replica when not distributed).
-
-    `rank`/`world_size` default to torch.distributed's when it is initialised. The shuffle is seeded with the
-    dataset's seed, so every rank agrees on the permutation and a resumed run replays it. Call
-    `loader.set_epoch(epoch)` before each epoch.
-    """
-    import torch.distributed as dist
-
-    if world_size is None:
-        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    if rank is None:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=dataset.seed, drop_last=drop_last
-    )
-    workers_kwargs = {}
-    if num_workers > 0:
-        workers_kwargs = {
-            "prefetch_factor": prefetch_factor,
-            "persistent_workers": True if persistent_workers is None else persistent_workers,
-            "worker_init_fn": _worker_init,
-            "multiprocessing_context": multiprocessing_context,
-        }
-    return VideoDataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        **workers_kwargs,
     )

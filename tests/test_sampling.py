@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from voltron.datasets.loader import build_dataloader, open_store
+from voltron.datasets.loader import open_store
 from voltron.datasets.sampling import SCHEMES, example_seed, frame_indices, get_scheme, sample_quintet
 
 UPSTREAM = {
@@ -104,17 +104,25 @@ def test_dataset_examples_follow_the_batch_contract(store, modality, clips):
             assert indices[0] < round(0.2 * total) and indices[-1] >= round(0.8 * total)
 
 
+def trainer_loader(dataset, global_batch: int, *, workers: int = 0, rank: int = 0, world_size: int = 1):
+    """The trainer's loader (`ResumableLoader`, ordered by `StepBatchSampler`) over `dataset`, seeded as it."""
+    from voltron.pretrain.config import PretrainConfig, replace
+    from voltron.pretrain.data import ResumableLoader
+
+    train = {"global_batch": global_batch, "device_batch": global_batch // world_size, "seed": dataset.seed}
+    config = replace(PretrainConfig(), train=train, data={"num_workers": workers, "prefetch_factor": 2})
+    return ResumableLoader(dataset, config, rank, world_size)
+
+
 def test_batches_collate_to_the_contract(store):
-    loader = build_dataloader(open_store(store[0], "train", "state+ok"), batch_size=4)
-    batch = next(iter(loader))
+    batch = next(trainer_loader(open_store(store[0], "train", "state+ok"), 4).epoch(0))
     assert batch["frames"].shape == (4, 2, 3, 32, 32) and batch["frames"].dtype == torch.uint8
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (4, 20)
     assert batch["seed"].shape == batch["index"].shape == (4,) and batch["frame_indices"].shape == (4, 2)
 
 
 def _batches(loader, epoch: int) -> list[dict[str, torch.Tensor]]:
-    loader.set_epoch(epoch)
-    return list(loader)
+    return list(loader.epoch(epoch))
 
 
 def _assert_same(a: list[dict], b: list[dict]) -> None:
@@ -127,30 +135,31 @@ def _assert_same(a: list[dict], b: list[dict]) -> None:
 
 def test_two_loaders_same_seed_and_epoch_yield_identical_batches(store):
     root = store[0]
-    in_process = build_dataloader(open_store(root, "train", "state+language", seed=11), batch_size=3)
-    workers = build_dataloader(open_store(root, "train", "state+language", seed=11), batch_size=3, num_workers=2)
+    in_process = trainer_loader(open_store(root, "train", "state+language", seed=11), 3)
+    workers = trainer_loader(open_store(root, "train", "state+language", seed=11), 3, workers=2)
     epoch0, epoch1 = _batches(in_process, 0), _batches(in_process, 1)
     _assert_same(epoch0, _batches(workers, 0))
-    _assert_same(epoch1, _batches(workers, 1))  # set_epoch reaches the persistent workers
+    _assert_same(epoch1, _batches(workers, 1))  # the epoch reaches the persistent workers
     # A loader that starts at epoch 1 (a resumed run) sees exactly epoch 1.
-    _assert_same(epoch1, _batches(build_dataloader(open_store(root, "train", "state+language", seed=11), 3), 1))
+    _assert_same(epoch1, _batches(trainer_loader(open_store(root, "train", "state+language", seed=11), 3), 1))
     assert not torch.equal(epoch0[0]["index"], epoch1[0]["index"])
-    other_seed = _batches(build_dataloader(open_store(root, "train", "state+language", seed=12), 3), 0)
+    other_seed = _batches(trainer_loader(open_store(root, "train", "state+language", seed=12), 3), 0)
     assert any(not torch.equal(a["frame_indices"], b["frame_indices"]) for a, b in zip(epoch0, other_seed))
 
 
 def test_distributed_ranks_split_the_single_process_epoch(store):
     root = store[0]
-    single = _batches(build_dataloader(open_store(root, "train", "state+ok", seed=3), 1, drop_last=False), 2)
-    by_index = {int(b["index"]): b for b in single}
+    single = _batches(trainer_loader(open_store(root, "train", "state+ok", seed=3), 2), 2)
+    by_index = {int(i): (b, row) for b in single for row, i in enumerate(b["index"])}
     seen = []
     for rank in range(2):
-        loader = build_dataloader(open_store(root, "train", "state+ok", seed=3), 1, rank=rank, world_size=2)
+        loader = trainer_loader(open_store(root, "train", "state+ok", seed=3), 2, rank=rank, world_size=2)
         for batch in _batches(loader, 2):
-            index = int(batch["index"])
+            index = int(batch["index"][0])
             seen.append(index)
+            expected, row = by_index[index]
             for key in ("seed", "frame_indices", "frames"):  # same example, whichever process loads it
-                assert torch.equal(batch[key], by_index[index][key])
+                assert torch.equal(batch[key][0], expected[key][row])
     assert len(seen) == len(set(seen)) == len(by_index)  # 20 examples split 10 / 10, none twice
 
 

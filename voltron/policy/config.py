@@ -8,7 +8,6 @@ from typing import Any
 
 from voltron.cli import parse_config
 
-EXTRACTOR_KINDS = ("map", "mean", "cls")
 LOWDIM_KEYS = ("proprio", "state")  # what the head sees besides the image: proprioception, or the simulator state
 NO_ENCODER = "none"  # policy.encoder for low-dim-only reference policies (state oracle, proprio-only floor)
 SCHEDULES = ("cosine", "constant")
@@ -27,7 +26,7 @@ class PolicyConfig:
         default_factory=dict
     )  # random init only: ModelConfig fields, e.g. image_size
     freeze_encoder: bool = True
-    extractor: str = "map"  # map (default), mean, or cls pooling for baselines
+    extractor: str = "map"  # a voltron.models.extractors.EXTRACTORS name: map (default), mean, cls (baselines)
     n_latents: int = 1
     hidden_dims: tuple[int, ...] = (256, 256)
     history: int = 1  # observation frames per decision
@@ -66,8 +65,10 @@ class BCConfig:
 
 
 def validate(config: BCConfig) -> BCConfig:
-    if config.policy.extractor not in EXTRACTOR_KINDS:
-        raise ValueError(f"policy.extractor={config.policy.extractor!r}; expected one of {EXTRACTOR_KINDS}")
+    from voltron.models.extractors import EXTRACTORS  # the registry; imported here to keep `voltron --help` light
+
+    if config.policy.extractor not in EXTRACTORS:
+        raise ValueError(f"policy.extractor={config.policy.extractor!r}; expected one of {sorted(EXTRACTORS)}")
     if config.policy.encoder_overrides and config.policy.pretrained:
         raise ValueError(
             "policy.encoder_overrides only applies to a randomly initialised encoder (policy.pretrained=false)"

@@ -21,17 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from voltron.datasets.windows import NormStats, WindowDataset
+from voltron.devices import resolve_device
 from voltron.errors import UserError
 from voltron.io import PARTIAL_SUFFIX, atomic_write_bytes, remove_stale_partials
 from voltron.models.checkpoints import CONFIG_NAME, WEIGHTS_NAME
 from voltron.policy.config import NO_ENCODER, BCConfig
 from voltron.policy.model import BUNDLE_DIR, BCPolicy, open_encoder
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @torch.inference_mode()

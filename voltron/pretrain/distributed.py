@@ -14,9 +14,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from voltron.devices import resolve_device
+
 # torchrun sets these; a plain `python -m voltron.pretrain` or `voltron pretrain` runs as one process.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-BACKENDS = {"cuda": "nccl", "cpu": "gloo"}
+BACKENDS = {"cuda": "nccl", "cpu": "gloo"}  # per voltron.devices.DEVICES
 
 
 @dataclass
@@ -76,16 +78,6 @@ class DistEnv:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
             self.owns_group = False
-
-
-def resolve_device(preference: str) -> torch.device:
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preference not in BACKENDS:
-        raise ValueError(f"train.device={preference!r}; expected one of auto, {', '.join(BACKENDS)}")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=cpu or auto")
-    return torch.device(preference)
 
 
 def setup(device_preference: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
