@@ -44,12 +44,14 @@ def ensure_demos(out: Path, n_demos: int) -> Path:
     return path
 
 
-def ensure_lerobot(demos: Path, out: Path, vcodec: str) -> Path:
+def ensure_lerobot(demos: Path, out: Path, vcodec: str, **options) -> Path:
+    """`voltron demos convert DEMOS OUT --to lerobot --vcodec VCODEC [--crf N --pix-fmt F]`, once."""
     from voltron.datasets.lerobot import convert
 
-    path = out / f"{demos.stem}-lerobot-{vcodec}"
+    suffix = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    path = out / f"{demos.stem}-lerobot-{vcodec}{suffix}"
     if not path.exists():
-        convert(demos, path, "lerobot", vcodec=vcodec, progress=False)
+        convert(demos, path, "lerobot", vcodec=vcodec, progress=False, **options)
     return path
 
 
@@ -162,7 +164,11 @@ def success(args: argparse.Namespace) -> dict:
     from voltron.policy.train import train_policy
 
     demos = ensure_demos(args.out, args.demos)
-    copies = {"HDF5": demos, "LeRobot v3 (AV1)": ensure_lerobot(demos, args.out, "libsvtav1")}
+    copies = {
+        "HDF5": demos,
+        "LeRobot v3 (AV1)": ensure_lerobot(demos, args.out, "libsvtav1"),  # LeRobot's defaults: yuv420p, crf 30
+        "LeRobot v3 (H.264 4:4:4 crf 0)": ensure_lerobot(demos, args.out, "h264", crf=0, pix_fmt="yuv444p"),
+    }
     rows = {
         "state oracle": ["--policy.encoder=none", "--policy.lowdim=state"],
         "tiny encoder, 64 px": [
@@ -176,7 +182,14 @@ def success(args: argparse.Namespace) -> dict:
             continue
         for name, path in copies.items():
             suffix = f"-seed{args.seed}" if args.seed else ""
+            label = (
+                name.split("(")[-1].rstrip(")").replace(" ", "").replace(":", "").replace(".", "")
+                if "(" in name
+                else name
+            )
             run = args.out / "runs" / f"{row.replace(' ', '-').replace(',', '')}-{name.split()[0]}{suffix}"
+            if "H.264" in name:  # the runs before this copy existed keep their folder names
+                run = run.with_name(f"{run.name}-{label}")
             options = [f"--train.steps={args.steps}", "--train.device=cpu", f"--policy.seed={args.seed}"]
             config = load_bc_config(None, [*overrides, *options])
             if not (run / "model.safetensors").exists():
@@ -187,7 +200,7 @@ def success(args: argparse.Namespace) -> dict:
                 "successes": result.successes, "episodes": result.episodes, "rate": result.success_rate,
                 "ci": [round(result.ci_low, 3), round(result.ci_high, 3)],
             }  # fmt: skip
-            print(f"{row:<22}{name:<20}{result.summary()}")
+            print(f"{row:<22}{name:<32}{result.summary()}")
     return results
 
 

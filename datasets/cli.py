@@ -52,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument(
         "--vcodec", default="libsvtav1", choices=("libsvtav1", "h264", "hevc"), help="LeRobot video codec"
     )
+    convert.add_argument("--crf", type=int, default=30, help="LeRobot video quality, lower is better (default 30)")
+    convert.add_argument(
+        "--pix-fmt", default="yuv420p", choices=("yuv420p", "yuv444p"), help="yuv444p (h264 only): full colour"
+    )
     convert.add_argument("--cameras", nargs="+", help="cameras to keep (default: all)")
     convert.add_argument("--image-size", type=int, help="resize frames to a square of this size (default: as stored)")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT once the new output is complete")

@@ -77,6 +77,9 @@ DEFAULT_TOLERANCE_S = 1e-4  # LeRobotDataset's tolerance_s
 VIDEO_BACKENDS = ("auto", "pyav", "decord")
 VIDEO_CODECS = ("libsvtav1", "h264", "hevc")  # what LeRobot's encode_video_frames accepts
 ENCODERS = {"libsvtav1": "libsvtav1", "h264": "libx264", "hevc": "libx265"}
+# yuv420p is LeRobot's default; yuv444p (h264 only, as LeRobot allows) keeps full-resolution colour, which matters for
+# small frames: at 64 px, 4:2:0 chroma alone costs ~2.4/255 of mean pixel error even at crf 0, 4:4:4 crf 0 ~0.2/255.
+PIXEL_FORMATS = ("yuv420p", "yuv444p")
 
 # DROID-in-LeRobot camera names (port_droid.py) <-> the camera roles of our DROID reader (voltron.datasets.droid).
 CAMERA_ROLES = {"exterior_1_left": "ext1", "exterior_2_left": "ext2", "wrist_left": "wrist"}
@@ -788,6 +791,7 @@ class LeRobotWriter:
         vcodec: str = "libsvtav1",
         crf: int = 30,
         gop: int = 2,
+        pix_fmt: str = "yuv420p",
         overwrite: bool = False,
         resume: bool = True,
         data_files_size_in_mb: float = 100,
@@ -800,6 +804,11 @@ class LeRobotWriter:
             )
         if not fps > 0:
             raise UserError("not a frame rate", key="fps", value=fps, expected="a positive number of frames per second")
+        if pix_fmt not in PIXEL_FORMATS or (pix_fmt != "yuv420p" and vcodec != "h264"):
+            raise UserError(
+                f"not available with vcodec={vcodec!r}", key="pix_fmt", value=pix_fmt,
+                expected="yuv420p, or yuv444p with h264 (LeRobot encodes AV1 and HEVC as yuv420p only)",
+            )  # fmt: skip
         self.root = Path(root)
         if self.root.exists() and not overwrite:
             raise UserError(
@@ -810,7 +819,7 @@ class LeRobotWriter:
         self.settings = {
             "codebase_version": WRITE_VERSION, "fps": self.fps, "robot_type": robot_type, "vcodec": vcodec,
             "crf": crf, "gop": gop, "chunks_size": chunks_size, "data_files_size_in_mb": data_files_size_in_mb,
-            "video_files_size_in_mb": video_files_size_in_mb,
+            "video_files_size_in_mb": video_files_size_in_mb, "pix_fmt": pix_fmt,
         }  # fmt: skip
         self.staging = partial_path(self.root)
         self.features: dict[str, dict] | None = None
@@ -1054,7 +1063,7 @@ class LeRobotWriter:
                 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration at info level
             rate = Fraction(self.fps).limit_denominator(1000)
             stream = container.add_stream(ENCODERS[self.settings["vcodec"]], rate=rate, options=options)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.width, stream.height, stream.pix_fmt = width, height, self.settings["pix_fmt"]
             container_stream = group["containers"][key] = [container, stream, 0]
         container, stream, count = container_stream
         for frame in frames:
@@ -1293,6 +1302,8 @@ def convert(
     *,
     fps: float | None = None,
     vcodec: str = "libsvtav1",
+    crf: int = 30,
+    pix_fmt: str = "yuv420p",
     overwrite: bool = False,
     cameras: list[str] | None = None,
     image_size=None,
@@ -1341,15 +1352,16 @@ def convert(
     if sources[0].kind == "lerobot" and len(sources) == 1:
         robot = LeRobotFolder(sources[0].path).info.get("robot_type")
     return write_lerobot(
-        out, episodes(), fps=fps, vcodec=vcodec, overwrite=overwrite, robot_type=robot, progress=progress
-    )
+        out, episodes(), fps=fps, vcodec=vcodec, crf=crf, pix_fmt=pix_fmt, overwrite=overwrite, robot_type=robot,
+        progress=progress,
+    )  # fmt: skip
 
 
 def convert_main(args) -> int:
     """Handler for `voltron demos convert`."""
     path = convert(
-        args.source, args.out, args.to, fps=args.fps, vcodec=args.vcodec, overwrite=args.overwrite,
-        cameras=args.cameras, image_size=args.image_size, progress=not args.no_progress,
+        args.source, args.out, args.to, fps=args.fps, vcodec=args.vcodec, crf=args.crf, pix_fmt=args.pix_fmt,
+        overwrite=args.overwrite, cameras=args.cameras, image_size=args.image_size, progress=not args.no_progress,
     )  # fmt: skip
     print(f"wrote {path}", file=sys.stdout)
     return 0

@@ -514,3 +514,16 @@ def test_a_second_writer_is_refused_while_the_first_is_alive(tmp_path):
         other.wait()
     with LeRobotWriter(tmp_path / "out", fps=10) as writer:  # a dead writer's lock is stale
         assert writer.episodes_done == 0
+
+
+def test_h264_444_at_crf_0_keeps_small_frames_nearly_lossless(tmp_path):
+    episodes = make_episodes((6,), cameras=("top",))
+    episodes[0].images["top"] = np.random.default_rng(0).integers(0, 256, size=(6, 48, 64, 3), dtype=np.uint8)
+    root = write_lerobot(tmp_path / "ds", episodes, fps=10, vcodec="h264", crf=0, pix_fmt="yuv444p")
+    assert (
+        json.loads((root / "meta/info.json").read_text())["features"]["observation.images.top"]["info"]["video.pix_fmt"]
+        == "yuv444p"
+    )
+    assert mean_abs(load_episodes(root)[0].images["top"], episodes[0].images["top"]) < 1.0  # colour conversion only
+    with pytest.raises(UserError, match="pix_fmt='yuv444p': not available with vcodec='libsvtav1'"):
+        LeRobotWriter(tmp_path / "other", fps=10, pix_fmt="yuv444p")
