@@ -17,6 +17,8 @@ from voltron.sim.env import SimEnv
 from voltron.sim.experts import expert_name, make_expert, rollout
 from voltron.sim.tasks import get_task
 
+GIVE_UP_AFTER = 10  # attempts without a single success before collection stops
+
 
 @dataclass
 class CollectStats:
@@ -86,7 +88,8 @@ def iter_successful_episodes(
     post_success_steps: int = 10,
     progress: bool = True,
 ) -> Iterator[Episode]:
-    """Roll out the expert until `n_episodes` succeed (or `max_attempts` run out), yielding only the successes.
+    """Roll out the expert until `n_episodes` succeed (or `max_attempts` run out, or the first `GIVE_UP_AFTER`
+    all fail), yielding only the successes.
 
     Attempt k resets the env with seed `seed + k` and seeds the action noise from (seed, k), so a run is
     reproducible; each yielded episode records its reset seed in `attrs["seed"]`.
@@ -97,6 +100,8 @@ def iter_successful_episodes(
     bar = tqdm(total=n_episodes, desc=f"collect {env.task.name}", unit="demo", disable=not progress)
     try:
         while stats.successes < n_episodes and stats.attempts < max_attempts:
+            if stats.successes == 0 and stats.attempts >= GIVE_UP_AFTER:
+                break  # an expert that never succeeds would render every remaining attempt for nothing
             episode_seed = seed + stats.attempts
             expert.reset(seed=[seed, stats.attempts])
             record = rollout(env, expert, seed=episode_seed, post_success_steps=post_success_steps, views=views)

@@ -6,7 +6,7 @@ wheel (current MuJoCo bindings), following the original where the model allows:
 
 - goals (`__init__.py` there): knob1 -1.57 rad, light switch -0.7 rad, slide door 0.44 m, left hinge door -1.25 rad,
   microwave -1.25 rad; every other articulated object keeps its start value;
-- 50 steps per episode, `frame_skip=40` (12.5 Hz), 9-d joint-velocity actions in [-1, 1] scaled by R3M's
+- `frame_skip=40` (12.5 Hz), 9-d joint-velocity actions in [-1, 1] scaled by R3M's
   `vel_range` of 2*pi per unit (`franka_kitchen.config`), applied as position targets `qpos + v * dt`;
 - reset (`KitchenFrankaRandomDesk`): the arm starts at RPL keyframe 1 plus uniform noise of 5% of each joint's
   range (+-2.5%), and the whole kitchen (`desk`) is shifted by U(-0.1, 0.1) m on x, y and z, redrawn while the
@@ -80,7 +80,8 @@ DIFFERENCES = (
     "contact check runs mj_forward instead of one mj_step.",
     "Observations: images from our OffscreenRenderer at any size (R3M rendered 256x256 and centre-cropped 224); "
     "proprio is the true joint positions (no sensor noise).",
-    "Horizon 50 steps as in R3M; the scripted experts finish every task within it.",
+    "Horizon 100 steps instead of R3M's 50: this model's arm joints top out near 0.9 rad/s (force limit over "
+    "damping), so the scripted experts need a median of 42-65 steps (sim/tasks.py, bench/kitchen_experts.py).",
 )
 
 

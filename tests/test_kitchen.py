@@ -222,3 +222,13 @@ def test_kitchen_suite_reports_each_view_and_their_mean(tmp_path):
     assert results["protocol"]["views"] == ["left_cap2", "right_cap2"]
     cameras = {r["settings"]["camera"] for label in views[:2] for r in results["runs"][label]["kitchen-sdoor-open"]}
     assert cameras == {"left_cap2", "right_cap2"}
+
+
+def test_collection_gives_up_on_an_expert_that_never_succeeds(tmp_path, monkeypatch):
+    from voltron.sim import collect as collect_module
+
+    monkeypatch.setattr(collect_module, "GIVE_UP_AFTER", 2)
+    out = tmp_path / "none.hdf5"
+    with pytest.raises(collect_module.NoSuccessfulEpisodes, match="0 of 2 attempts"):
+        collect_module.collect("kitchen-micro-open", 3, out, image_size=8, horizon=5, progress=False)
+    assert not out.exists()

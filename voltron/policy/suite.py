@@ -98,6 +98,7 @@ class SuiteTable:
     rows: dict[str, dict[str, dict[str, float]]]  # row label -> task (and "mean") -> rate, ci_low, ci_high, n, best
     broken: list[str] = field(default_factory=list)  # tasks whose state oracle is below ORACLE_MIN
     margins: dict[str, dict[str, float]] = field(default_factory=dict)  # row -> mean - floor mean, with a 95% CI
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it has no column (no expert demos)
 
     def markdown(self) -> str:
         heads = [f"{t} (broken: oracle < {ORACLE_MIN:.0%})" if t in self.broken else t for t in self.tasks]
@@ -114,6 +115,7 @@ class SuiteTable:
                 f"{margin['diff']:+.0%} ({margin['ci_low']:+.0%} to {margin['ci_high']:+.0%})" if margin else ""
             )
             lines.append(f"| {label} | " + " | ".join(parts) + " |")
+        lines += [f"\nNot run: {task} ({why})" for task, why in self.skipped.items()]
         return "\n".join(lines)
 
 
@@ -213,6 +215,8 @@ def suite_rows(options: SuiteOptions) -> list[Row]:
 
 
 def run_eval_suite(options: SuiteOptions) -> SuiteTable:
+    from voltron.sim.collect import NoSuccessfulEpisodes  # (imports MuJoCo)
+
     out = Path(options.out)
     spec = suite_spec(options.suite)
     tasks = list(options.tasks or spec.tasks)
@@ -234,8 +238,13 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     }
     results: dict[str, dict[str, list[EvalResult]]] = {label: {} for label in labels.values()}
     curves: dict[str, dict[str, list[list[dict[str, Any]]]]] = {label: {} for label in labels.values()}
+    skipped: dict[str, str] = {}
     for task in tasks:
-        demos = ensure_demos(task, counts[-1], out, options.image_size, camera, options.progress)
+        try:
+            demos = ensure_demos(task, counts[-1], out, options.image_size, camera, options.progress)
+        except NoSuccessfulEpisodes as error:  # reported as not run, not as 0%: nothing measured the encoders
+            skipped[task] = f"the scripted expert never succeeded, so there are no demos: {error}"
+            continue
         for row in rows:
             for view in _row_views(row, views):
                 token_cache: dict = {}  # one encoding of the demos serves every seed and demo count of this row
@@ -250,6 +259,9 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
                             )
                         results[label].setdefault(task, []).append(final)
                         curves[label].setdefault(task, []).append(curve)
+    tasks = [task for task in tasks if task not in skipped]
+    if not tasks:
+        raise NoSuccessfulEpisodes(f"no task of the suite has expert demos: {skipped}")
     if len(views) > 1:  # the paper's number: each encoder row pooled over its views (equal episodes per view)
         for row in rows:
             for n in counts:
@@ -279,7 +291,7 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
             for (label, count, _), table_label in labels.items():
                 if count == n and label not in (ORACLE, FLOOR):
                     margins[table_label] = margin(table_rows[table_label]["mean"], floor["mean"])
-    table = SuiteTable(tasks, table_rows, broken, margins)
+    table = SuiteTable(tasks, table_rows, broken, margins, skipped)
     protocol = {**asdict(options), "camera": camera, "views": list(views), "tasks": tasks, "oracle_min": ORACLE_MIN}
     runs = {label: {t: [asdict(r) for r in rs] for t, rs in by_task.items()} for label, by_task in results.items()}
     atomic_write_json(
@@ -287,7 +299,8 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
         {
             "protocol": protocol, "code_version": code_version(), "tasks": tasks, "row_order": list(table_rows),
             "rows": table_rows,
-            "broken_tasks": broken, "margins_vs_proprio_only": margins, "curves": curves, "runs": runs,
+            "broken_tasks": broken, "skipped_tasks": skipped, "margins_vs_proprio_only": margins, "curves": curves,
+            "runs": runs,
         },
     )  # fmt: skip
     atomic_write_bytes(out / "results.md", (protocol_note(protocol) + "\n\n" + table.markdown() + "\n").encode())
