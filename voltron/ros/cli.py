@@ -74,7 +74,6 @@ def _draccus_args(overrides: list[str]) -> list[str]:
 
 def _serve(args: argparse.Namespace) -> int:
     import logging
-    import sys
     import time
     from pathlib import Path
 
@@ -87,14 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_robot_config(args.robot, _draccus_args(args.overrides))
     if args.instruction is not None:
         config.instruction.default = args.instruction
-    try:
-        from voltron.policy import load_policy  # issue 6; imported here so `voltron --help` stays light
-    except ImportError as err:
-        print(
-            f"ros serve: cannot import voltron.policy.load_policy ({err}); the policy package is required",
-            file=sys.stderr,
-        )
-        return 2
+    from voltron.policy import load_policy  # imported here so `voltron --help` stays light
+
     policy = load_policy(args.policy)
     check_fits(policy, robot_spec(config))  # before connecting; the server checks again on the first observation
     inference = policy.use_inference(args.precision, args.inference_backend)
