@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,7 +59,6 @@ class ModelConfig:
     crop: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +66,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if not (k == "extra" and v == {})}  # older files: an always-empty field
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source}: unknown model config keys {unknown}; expected a subset of {sorted(known)}")
@@ -85,7 +85,6 @@ _JSON_KINDS = {
     "int": ((int,), "an integer"),
     "float": ((int, float), "a number"),
     "bool": ((bool,), "true or false"),
-    "dict[str, Any]": ((dict,), "a JSON object"),
 }
 
 
