@@ -107,6 +107,8 @@ def test_a_bundled_copy_elsewhere_acts_and_evaluates_identically(referencing_pol
     hidden = encoder_dir.with_name("moved-away")
     encoder_dir.rename(hidden)  # the other machine has no encoder at the trained-on path
     try:
+        with pytest.raises(UserError, match="encoder is missing .*no such directory.*--bundle-encoder"):
+            load_policy(referencing_policy)
         copied = load_policy(robot)
         assert copied.encoder_folder == robot / "encoder"
         assert np.array_equal(actions(copied, demo_obs), expected)

@@ -491,7 +491,7 @@ def _referenced_encoder(
             folder = resolve_checkpoint(record["source"])
         except FileNotFoundError as err:
             raise UserError(
-                f"the policy's encoder is not there ({err})",
+                f"the policy's encoder is missing ({str(err).split(';')[0]})",
                 source=source,
                 expected="the encoder at that path, or a policy folder with its encoder bundled "
                 "(voltron policy export SRC DST --bundle-encoder, on the machine that trained it)",
