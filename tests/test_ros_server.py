@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,3 +273,31 @@ def test_robot_spec_from_the_config_and_only_policies_are_served():
     assert robot_spec(cfg).lowdim == {"proprio": None} and robot_spec(cfg).action_dim == 2
     with pytest.raises(TypeError, match="voltron.policy.base.Policy"):
         PolicyServer(object(), FeedBridge(cfg), ServeOptions())
+
+
+def test_ros_serve_refuses_a_policy_that_does_not_fit_before_connecting(tmp_path, capsys):
+    """`voltron ros serve` checks a real BC policy checkpoint against the robot config before it connects: a policy
+    trained on sim demos (camera "corner", 4-d actions) on a 6-joint arm is one line naming every mismatch."""
+    from voltron.cli import main
+    from voltron.datasets.windows import NormStats
+    from voltron.models.registry import build_model
+    from voltron.policy.config import BCConfig, PolicyConfig
+    from voltron.policy.model import BCPolicy
+
+    config = BCConfig(
+        policy=PolicyConfig(
+            encoder="r-mvp-tiny", pretrained=False, encoder_overrides={"image_size": 32}, camera="corner",
+            hidden_dims=(8,),
+        )
+    )  # fmt: skip
+    stats = NormStats(np.zeros(4), np.ones(4), -np.ones(4), np.ones(4))
+    encoder = build_model("r-mvp-tiny", image_size=32).eval().requires_grad_(False)
+    BCPolicy(config, encoder, 4, 4, stats, stats, image_size=32).save_pretrained(tmp_path / "policy")
+    robot = Path(__file__).resolve().parents[1] / "configs" / "robots" / "generic.yaml"
+    argv = ["ros", "serve", "--policy", str(tmp_path / "policy"), "--robot", str(robot)]
+    argv += ["--set", "connection.port=1", "--max-steps", "1", "--log", str(tmp_path / "never.jsonl")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "robot 'generic-arm' takes 6-d actions" in error
+    assert "proprio 4-d, robot 'generic-arm' gives proprio 6-d" in error and "['corner']" in error
+    assert not (tmp_path / "never.jsonl").exists()  # it never got as far as serving
