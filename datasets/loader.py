@@ -131,7 +131,7 @@ AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator, int], torch.Te
 
 
 class VideoLanguageDataset(Dataset):
-    """Examples of one sampling scheme (`modality`: state, state+language, state+ok, quintet+language).
+    """Examples of one sampling scheme (`sampling_scheme`: state, state+language, state+ok, quintet+language).
 
     Length is `n_clips * examples_per_clip`; example `index` uses clip `index // examples_per_clip`. The epoch
     lives in shared memory, so `set_epoch` reaches DataLoader workers even when they are persistent.
@@ -142,7 +142,7 @@ class VideoLanguageDataset(Dataset):
     def __init__(
         self,
         source: FrameSource,
-        modality: str = "state+language",
+        sampling_scheme: str = "state+language",
         *,
         seed: int = 0,
         size: int = 224,
@@ -150,7 +150,7 @@ class VideoLanguageDataset(Dataset):
         fixed_epoch: int | None = None,
         max_examples: int | None = None,
     ):
-        self.source, self.scheme, self.seed, self.size = source, get_scheme(modality), int(seed), int(size)
+        self.source, self.scheme, self.seed, self.size = source, get_scheme(sampling_scheme), int(seed), int(size)
         if augment is not None and augment not in AUGMENTATIONS:
             raise KeyError(f"unknown augmentation {augment!r}; available: {sorted(AUGMENTATIONS)} (or None)")
         self.augment, self.fixed_epoch = augment, fixed_epoch
@@ -162,7 +162,7 @@ class VideoLanguageDataset(Dataset):
             self._epoch.fill_(int(fixed_epoch))
 
     @property
-    def modality(self) -> str:
+    def sampling_scheme(self) -> str:
         return self.scheme.name
 
     @property
@@ -208,7 +208,7 @@ class VideoLanguageDataset(Dataset):
 def open_store(
     root: str | os.PathLike,
     split: str = "train",
-    modality: str = "state+language",
+    sampling_scheme: str = "state+language",
     *,
     seed: int = 0,
     size: int | None = None,
@@ -219,7 +219,7 @@ def open_store(
     source = StoreSplit(Path(root), split)
     return VideoLanguageDataset(
         source,
-        modality,
+        sampling_scheme,
         seed=seed,
         size=size or source.size,
         augment=augment,

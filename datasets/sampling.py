@@ -2,9 +2,9 @@
 
 Upstream Voltron draws, for every clip and epoch, one sorted "quintet" of frame indices: an initial frame from
 the first 20% of the clip, a final frame from the last 20%, and three distinct frames strictly in between
-(`voltron/preprocessing/core.py: serialize_epoch`). Each data modality then turns that quintet into examples:
+(`voltron/preprocessing/core.py: serialize_epoch`). Each sampling scheme then turns that quintet into examples:
 
-| `data_modality`    | family        | examples per clip | frames per example                    | language |
+| `sampling_scheme`  | family        | examples per clip | frames per example                    | language |
 |--------------------|---------------|-------------------|---------------------------------------|----------|
 | `state`            | R-MVP         | 5                 | quintet[j]                            | no       |
 | `state+language`   | V-Cond        | 5                 | quintet[j]                            | yes      |
@@ -59,7 +59,7 @@ def get_scheme(name: str) -> SamplingScheme:
     try:
         return SCHEMES[name]
     except KeyError:
-        raise KeyError(f"unknown data modality {name!r}; registered sampling schemes: {sorted(SCHEMES)}") from None
+        raise KeyError(f"unknown sampling scheme {name!r}; registered sampling schemes: {sorted(SCHEMES)}") from None
 
 
 # Selectors are module-level functions (not lambdas) so that datasets pickle into spawned DataLoader workers.

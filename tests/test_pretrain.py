@@ -226,7 +226,7 @@ def test_each_objective_learns_a_repeated_batch(family, store):
     size = FAMILIES[family].size_overrides.get("tiny", {}).get("image_size", 32)
     torch.manual_seed(0)
     model = build_model(f"{family}-tiny", image_size=size)
-    dataset = open_store(store, "train", model.data_modality, seed=0, size=size)
+    dataset = open_store(store, "train", model.sampling_scheme, seed=0, size=size)
     batch = collate([dataset[i * 7 % len(dataset)] for i in range(4)])  # four different clips
     objective = Objective(model)
     optimizer = build_optimizer(objective.named_parameters(), lr=1e-3)
@@ -237,7 +237,7 @@ def test_each_objective_learns_a_repeated_batch(family, store):
 
 def test_nonfinite_loss_raises_before_the_update(store):
     model = build_model("v-cond-tiny", image_size=32)
-    batch = collate([open_store(store, "train", model.data_modality, size=32)[i] for i in range(2)])
+    batch = collate([open_store(store, "train", model.sampling_scheme, size=32)[i] for i in range(2)])
     objective = Objective(model)
     optimizer = build_optimizer(objective.named_parameters(), lr=1e-3)
     with torch.no_grad():
@@ -406,7 +406,7 @@ def test_store_and_model_must_agree(store, tmp_path, capsys):
 
 def test_flops_leave_out_the_cached_language_model_and_peaks_follow_precision(store):
     model = build_model("v-cond-tiny", image_size=32, lang_cache_size=64)
-    batch = collate([open_store(store, "train", model.data_modality, size=32)[i] for i in range(2)])
+    batch = collate([open_store(store, "train", model.sampling_scheme, size=32)[i] for i in range(2)])
     total, language = training_flops(model, batch)
     assert 0 < language < total
     model.lm(batch["input_ids"], batch["attention_mask"])  # warm the cache: now the language model is skipped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -195,8 +196,14 @@ class VoltronModel(nn.Module):
 
     family: ClassVar[str] = ""
     n_frames: ClassVar[int] = 1
-    data_modality: ClassVar[str] = "state"
+    sampling_scheme: ClassVar[str] = "state"  # voltron.datasets.sampling.SCHEMES: the examples pretraining feeds it
     uses_language: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "data_modality" in cls.__dict__ and "sampling_scheme" not in cls.__dict__:  # its earlier name
+            warnings.warn(f"{cls.__name__}.data_modality is deprecated; name it sampling_scheme", DeprecationWarning, 2)
+            cls.sampling_scheme = cls.__dict__["data_modality"]
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -41,7 +41,7 @@ def describe_models() -> list[dict]:
                 "params_m": round(model.num_parameters() / 1e6, 2),
                 "embed_dim": model.embed_dim,
                 "input": model.input_contract(),
-                "pretraining_data": model.data_modality,
+                "pretraining_data": model.sampling_scheme,
                 "description": FAMILIES[family].description,
             }
         )

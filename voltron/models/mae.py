@@ -29,7 +29,7 @@ from voltron.models.language import LanguageEncoder
 class MaskedAutoencoder(VoltronModel):
     family = "r-mvp"
     n_frames = 1
-    data_modality = "state"
+    sampling_scheme = "state"
     uses_language = False
     cls_token_enabled = True  # R-MVP prepends a CLS token (as MAE); the Voltron models have none
     voltron_blocks = False  # RMSNorm + SwishGLU + LayerScale blocks (V-*) or LayerNorm + GELU (MAE)
@@ -270,7 +270,7 @@ class VCond(MaskedAutoencoder):
     """V-Cond: single frame, the caption conditions a joint vision-language encoder."""
 
     family = "v-cond"
-    data_modality = "state+language"
+    sampling_scheme = "state+language"
     uses_language = True
     cls_token_enabled = False
     voltron_blocks = True
@@ -281,4 +281,4 @@ class VDual(VCond):
 
     family = "v-dual"
     n_frames = 2
-    data_modality = "state+ok"
+    sampling_scheme = "state+ok"

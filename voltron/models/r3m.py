@@ -22,7 +22,7 @@ class R3M(VoltronModel):
     family = "r-r3m-vit"
     n_frames = 1  # frames per image at inference; pretraining examples hold five
     train_frames = 5
-    data_modality = "quintet+language"
+    sampling_scheme = "quintet+language"
     uses_language = False  # the representation is visual; language only shapes the reward during pretraining
 
     def __init__(self, config: ModelConfig):

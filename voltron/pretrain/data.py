@@ -23,14 +23,14 @@ PROBE_TEXT = "Putting a Cup onto the table, then pushing it from left to right [
 
 
 def build_dataset(config: Any, model: Any) -> Any:
-    """The training split of the store at `config.data.root`, sampled as `model.data_modality` needs, with frames
+    """The training split of the store at `config.data.root`, sampled as `model.sampling_scheme` needs, with frames
     at the model's image size. `config.data.options` goes to `open_store` (e.g. {augment: random-resized-crop})."""
     from voltron.datasets.loader import open_store
 
     return open_store(
         config.data.root,
         config.data.split,
-        model.data_modality,
+        model.sampling_scheme,
         seed=config.train.seed,
         size=model.config.image_size,
         **config.data.options,
@@ -46,7 +46,7 @@ def build_val_dataset(config: Any, model: Any) -> Any:
     dataset = open_store(
         config.data.root,
         config.val.split,
-        model.data_modality,
+        model.sampling_scheme,
         seed=config.train.seed,
         size=model.config.image_size,
         max_examples=config.val.max_examples,

@@ -2,7 +2,7 @@
 position, logging, checkpoints, exact resume, time budgets and the final `save_pretrained` export.
 
 Nothing here knows which model it trains: every model maps a loader batch to `(loss, metrics)` through
-`pretrain_loss`, and declares the sampling scheme its data needs through `data_modality`.
+`pretrain_loss`, and declares the sampling scheme its data needs through `sampling_scheme`.
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ class Trainer:
                 model_config,
                 config.data.root,
                 augment=config.data.options.get("augment"),
-                language=get_scheme(self.model.data_modality).has_language,
+                language=get_scheme(self.model.sampling_scheme).has_language,
             )
 
     def _build_val_loader(self, config: PretrainConfig) -> None:
