@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from voltron.cli import closest_key, parse_config
+from voltron.config import closest_key, parse_config
 from voltron.errors import UserError
 from voltron.models.registry import build_model
 from voltron.policy.config import BCConfig, load_bc_config
@@ -123,8 +123,12 @@ CASES = {
         train_policy("r-mvp-tiny", "--train.stepz=3"),
         ["'train.stepz'", "did you mean 'train.steps'"],
     ),
+    "the old --set form": (
+        ["ros", "bag2demos", "notabag.bag", "--robot", ROBOT, "--out", "out.hdf5", "--set", "safety.watchdog_ms=3"],
+        ["--set safety.watchdog_ms=3 is no longer accepted", "--safety.watchdog_ms=3"],
+    ),
     "unknown robot config key": (
-        ["ros", "bag2demos", "notabag.bag", "--robot", ROBOT, "--out", "out.hdf5", "--set", "safety.watchdogms=3"],
+        ["ros", "bag2demos", "notabag.bag", "--robot", ROBOT, "--out", "out.hdf5", "--safety.watchdogms=3"],
         ["'safety.watchdogms'", "did you mean 'safety.watchdog_ms'"],
     ),
     # Silent wrong results, now refused

@@ -213,9 +213,13 @@ def test_configs_parse_with_paper_hyperparameters_and_dotted_overrides():
 def test_cli_lists_config_keys(capsys):
     from voltron.cli import main
 
-    assert main(["pretrain", "--help"]) == 0
+    with pytest.raises(SystemExit) as exit:  # argparse's help exit
+        main(["pretrain", "--help"])
     out = capsys.readouterr().out
+    assert exit.value.code == 0 and out.startswith("usage: voltron pretrain")
     assert "--optim.lr" in out and "--train.max_minutes" in out and "--checkpoint.keep_last" in out
+    # each key with its type, default and the description from the dataclass's comment
+    assert re.search(r"--train\.max_steps +int \| None \(default: None\) +stop \(checkpoint \+ export\)", out)
     assert main(["pretrain", "--config", "no/such/file.yaml"]) == 2
 
 

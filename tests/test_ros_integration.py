@@ -385,8 +385,8 @@ def test_sigterm_sends_hold_and_exits_cleanly(peer, tmp_path):
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_cli_ros_serve_drives_the_stub(peer, tmp_path, monkeypatch, dry_run):
     """`voltron ros serve` end to end: the CLI loads the policy through voltron.policy.load_policy (patched here with
-    a fast scripted policy, so the test is about the CLI, --set overrides and dry run; the next test serves a real
-    BC policy checkpoint), reads the robot YAML with --set overrides, and serves."""
+    a fast scripted policy, so the test is about the CLI, dotted overrides and dry run; the next test serves a real
+    BC policy checkpoint), reads the robot YAML with dotted overrides, and serves."""
     import voltron.policy
     from voltron.cli import main
     from voltron.ros.config import save_robot_config
@@ -401,7 +401,7 @@ def test_cli_ros_serve_drives_the_stub(peer, tmp_path, monkeypatch, dry_run):
     robot = save_robot_config(robot_config(peer, tmp_path), tmp_path / "robot.yaml")
     log_path = tmp_path / "cli.jsonl"
     argv = ["ros", "serve", "--policy", str(tmp_path / "run"), "--robot", str(robot), "--rate", str(RATE_HZ)]
-    argv += ["--max-steps", "20", "--log", str(log_path), "--set", "instruction.default=stack the cups"]
+    argv += ["--max-steps", "20", "--log", str(log_path), "--instruction.default=stack the cups"]
     code = main(argv + (["--dry-run"] if dry_run else []))
     assert code == 0 and loaded["run_dir"] == str(tmp_path / "run")
     records, stop = read_log(log_path)
@@ -439,7 +439,7 @@ def test_cli_serves_a_real_voltron_policy_checkpoint(peer, tmp_path):
     robot = save_robot_config(cfg, tmp_path / "robot.yaml")
     log_path = tmp_path / "serve.jsonl"
     argv = ["ros", "serve", "--policy", str(tmp_path / "policy"), "--robot", str(robot), "--rate", str(RATE_HZ)]
-    argv += ["--max-steps", "15", "--log", str(log_path), "--set", "instruction.default=stack the cups"]
+    argv += ["--max-steps", "15", "--log", str(log_path), "--instruction.default=stack the cups"]
     assert main(argv) == 0
     records, stop = read_log(log_path)
     assert len(records) == 15 and stop["stop_reason"] == "max_steps"

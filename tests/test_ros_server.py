@@ -295,7 +295,7 @@ def test_ros_serve_refuses_a_policy_that_does_not_fit_before_connecting(tmp_path
     BCPolicy(config, encoder, 4, 4, stats, stats, image_size=32).save_pretrained(tmp_path / "policy")
     robot = Path(__file__).resolve().parents[1] / "configs" / "robots" / "generic.yaml"
     argv = ["ros", "serve", "--policy", str(tmp_path / "policy"), "--robot", str(robot)]
-    argv += ["--set", "connection.port=1", "--max-steps", "1", "--log", str(tmp_path / "never.jsonl")]
+    argv += ["--connection.port=1", "--max-steps", "1", "--log", str(tmp_path / "never.jsonl")]
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "robot 'generic-arm' takes 6-d actions" in error

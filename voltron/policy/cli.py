@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from voltron.cli import collect_config_overrides
+from voltron.config import add_config_option
 from voltron.models.inference_options import add_inference_arguments
 from voltron.policy.evaluate import EVAL_SEED_OFFSET
 
@@ -14,11 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train-policy",
         help="behaviour cloning on demonstrations with a (frozen) voltron encoder",
         description="Dotted overrides set any policy/train config key, e.g. --train.steps=500 --policy.extractor=mean.",
+        add_help=False,
     )
     train.add_argument("--demos", required=True, nargs="+", help="native HDF5 file(s), DROID folder(s), or a directory")
     train.add_argument("--encoder", required=True, help="registered model id or encoder checkpoint directory")
     train.add_argument("--out", required=True, help="run directory for the policy checkpoint and metrics")
-    train.add_argument("--config", help="YAML file (configs/policy/*.yaml) stating what differs from the defaults")
     train.add_argument("--random-init", action="store_true", help="the encoder's architecture, randomly initialised")
     train.add_argument(
         "--bundle-encoder", action="store_true",
@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace a policy already in --out (its files stay until the new policy is saved)",
     )  # fmt: skip
     train.add_argument("--no-progress", action="store_true")
+    add_config_option(train, "voltron.policy.config:BCConfig", " (configs/policy/*.yaml)")
     train.set_defaults(func=run_train)
-    collect_config_overrides(train)
 
     ev = subparsers.add_parser("eval", help="evaluate a policy on a MuJoCo task")
     ev.add_argument("--policy", required=True, help="policy run directory (what train-policy wrote)")

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from voltron.cli import parse_config
+from voltron.config import parse_config
 
 LOWDIM_KEYS = ("proprio", "state")  # what the head sees besides the image: proprioception, or the simulator state
 NO_ENCODER = "none"  # policy.encoder for low-dim-only reference policies (state oracle, proprio-only floor)

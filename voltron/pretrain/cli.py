@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from voltron.cli import collect_config_overrides
+from voltron.config import add_config_option
 
 USAGE = "voltron pretrain --config configs/pretrain/v-cond.yaml [--optim.lr=3e-4 --train.max_steps=100 ...]"
 DESCRIPTION = (
@@ -21,13 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pretrain", help="pretrain an encoder (torchrun for many processes)", usage=USAGE, description=DESCRIPTION,
         add_help=False,
     )  # fmt: skip
-    parser.add_argument("-h", "--help", action="store_true", help="list every config key and exit")
+    add_config_option(parser, "voltron.pretrain.config:PretrainConfig", ", e.g. configs/pretrain/v-cond.yaml")
     parser.set_defaults(func=run_pretrain)
-    collect_config_overrides(parser)  # dotted overrides (and --config) are draccus's to parse, not argparse's
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    return main(list(args.overrides) + (["--help"] if args.help else []))
+    return main((["--config", args.config] if args.config else []) + list(args.overrides))
 
 
 def main(argv: list[str] | None = None) -> int:

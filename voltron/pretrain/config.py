@@ -230,17 +230,10 @@ RESUMABLE_CHANGES = (
 
 def parse_args(args: list[str] | None = None) -> PretrainConfig:
     """A config from command-line style arguments: `--config FILE.yaml` (optional) then `--dotted.key=value`."""
-    argv = []
-    for arg in list(args or []):  # `--config` is the documented spelling; draccus calls it --config_path
-        if arg == "--config":
-            arg = "--config_path"
-        elif arg.startswith("--config="):
-            arg = "--config_path=" + arg.split("=", 1)[1]
-        argv.append(arg)
     # the one config path: its errors name the file, key and value; `--config v-cond` names a packaged config
-    from voltron.cli import parse_config
+    from voltron.config import parse_config
 
-    return parse_config(PretrainConfig, args=argv)
+    return parse_config(PretrainConfig, args=list(args or []), prog="voltron pretrain")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PretrainConfig:

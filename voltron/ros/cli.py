@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from voltron.errors import UserError
+from voltron.config import add_config_option
 from voltron.models.inference_options import add_inference_arguments
 
-
-def add_config_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a robot config field (dotted key), repeatable",
-    )
+ROBOT_CONFIG = "voltron.ros.config:RobotConfig"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,11 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve = ros_sub.add_parser(
         "serve",
         help="run a policy on a robot at a fixed rate, through the safety layer",
-        description="Run a policy checkpoint on a robot at a fixed rate. --set KEY=VALUE overrides robot config "
-        "fields, e.g. --set safety.watchdog_ms=300 --set connection.host=10.0.0.2.",
+        description="Run a policy checkpoint on a robot at a fixed rate. Dotted overrides set robot config "
+        "fields, e.g. --safety.watchdog_ms=300 --connection.host=10.0.0.2.",
+        add_help=False,
     )
     serve.add_argument("--policy", required=True, help="policy run directory (voltron train-policy output)")
-    serve.add_argument("--robot", required=True, help="robot config YAML, e.g. configs/robots/franka.yaml")
+    serve.add_argument("--robot", help="robot config YAML, e.g. configs/robots/franka.yaml (same as --config)")
     serve.add_argument("--rate", type=float, default=15.0, help="control rate in Hz (default 15)")
     serve.add_argument("--dry-run", action="store_true", help="compute and log actions without sending them")
     serve.add_argument("--max-steps", type=int, default=None, help="stop after this many control steps")
@@ -41,35 +33,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--instruction", default=None, help="language instruction (overrides the config default)")
     serve.add_argument("--first-obs-timeout", type=float, default=10.0, help="seconds to wait for all streams")
     add_inference_arguments(serve, "the JSONL log's start and stop records")
-    add_config_overrides(serve)
+    add_config_option(serve, ROBOT_CONFIG, " (the robot config, as --robot)")
     serve.set_defaults(func=_serve)
 
     bag = ros_sub.add_parser(
         "bag2demos",
         help="convert ROS 1/2 bags (.bag, sqlite3, MCAP) to the native demo HDF5",
         description="Convert bags to demonstrations: one episode per bag (or split on the config's bag.split_topic), "
-        "streams aligned on the fps grid by header.stamp, gaps flagged and reported.",
+        "streams aligned on the fps grid by header.stamp, gaps flagged and reported. Dotted overrides set robot "
+        "config fields, e.g. --bag.split_topic=/episode.",
+        add_help=False,
     )
     bag.add_argument("bags", nargs="+", help="ROS 1 .bag files or ROS 2 bag directories (sqlite3 or mcap)")
-    bag.add_argument("--robot", required=True, help="robot config YAML with the topic map")
+    bag.add_argument("--robot", help="robot config YAML with the topic map (same as --config)")
     bag.add_argument("--fps", type=float, default=15.0, help="grid rate in frames per second (default 15)")
     bag.add_argument("--out", required=True, help="output HDF5, e.g. demos.hdf5")
     bag.add_argument("--language", default=None, help="instruction for every episode (default: bag topic/config)")
     bag.add_argument("--valid-fraction", type=float, default=0.1)
     bag.add_argument("--seed", type=int, default=0)
     bag.add_argument("--report", default=None, help="also write the conversion report (gaps, skips) as JSON here")
-    add_config_overrides(bag)
+    add_config_option(bag, ROBOT_CONFIG, " (the robot config, as --robot)")
     bag.set_defaults(func=_bag2demos)
 
 
-def _draccus_args(overrides: list[str]) -> list[str]:
-    """`safety.watchdog_ms=300` -> `--safety.watchdog_ms=300` (draccus's dotted flags)."""
-    out = []
-    for item in overrides:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. safety.watchdog_ms=300")
-        out.append("--" + item.lstrip("-"))
-    return out
+def _robot_config(args: argparse.Namespace):
+    """The robot config from --robot (or --config) and the dotted overrides."""
+    from voltron.errors import UserError
+    from voltron.ros.config import load_robot_config
+
+    path = args.robot or args.config
+    if path is None or (args.robot and args.config and args.robot != args.config):
+        raise UserError("give the robot config once", source="command line", expected="--robot FILE (or --config FILE)")
+    return load_robot_config(path, args.overrides)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -79,11 +74,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from voltron.policy.base import check_fits
     from voltron.ros.bridge import make_bridge
-    from voltron.ros.config import load_robot_config
     from voltron.ros.server import ServeOptions, robot_spec, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = load_robot_config(args.robot, _draccus_args(args.overrides))
+    config = _robot_config(args)
     if args.instruction is not None:
         config.instruction.default = args.instruction
     from voltron.policy import load_policy  # imported here so `voltron --help` stays light
@@ -116,9 +110,8 @@ def _bag2demos(args: argparse.Namespace) -> int:
     import sys
 
     from voltron.ros.bags import bag2demos
-    from voltron.ros.config import load_robot_config
 
-    config = load_robot_config(args.robot, _draccus_args(args.overrides))
+    config = _robot_config(args)
     report = bag2demos(
         args.bags,
         config,

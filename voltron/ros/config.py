@@ -14,7 +14,7 @@ from typing import Literal
 
 import draccus
 
-from voltron.cli import parse_config
+from voltron.config import parse_config
 
 # Message types are written `pkg/Type`; `pkg/msg/Type` (ROS 2 / rosbags spelling) is accepted and normalised.
 IMAGE_TYPES = ("sensor_msgs/CompressedImage", "sensor_msgs/Image")
