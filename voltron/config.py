@@ -169,6 +169,7 @@ def add_config_option(parser: argparse.ArgumentParser, config_class: str, exampl
     the handler as `args.overrides`, and `-h/--help` lists the subcommand's flags and then every config key."""
     parser.add_argument(
         "--config",
+        default=None,
         metavar="FILE",
         help=f"YAML config (or a packaged config's name, `voltron config list`) stating what differs{example or ''}",
     )
@@ -251,13 +252,15 @@ def load_saved_config(config_class: type[Config], path: str | os.PathLike) -> Co
     return parse_config(config_class, str(path))
 
 
-def flag_overrides(args: argparse.Namespace, config_class: type, flags: dict[str, str]) -> list[str]:
-    """Dotted overrides for the command-line flags that were given (`flags`: argparse dest -> config key); flags
-    left at their argparse default of None are not overrides, so the config file's values stand."""
+def flag_overrides(args: argparse.Namespace, flags: dict[str, str] | list[str]) -> list[str]:
+    """Dotted overrides for the command-line flags that were given (`flags`: argparse dest -> config key, or names
+    that are both). A flag argparse left out (argument_default=SUPPRESS) or at None is not an override, so the
+    config file's value stands."""
     import json
 
+    mapping = flags if isinstance(flags, dict) else {name: name for name in flags}
     out = []
-    for dest, key in flags.items():
+    for dest, key in mapping.items():
         value = getattr(args, dest, None)
         if value is None:
             continue

@@ -44,17 +44,21 @@ class DemoConfig:
     seed: int = 0
 
 
-QUICK = dict(
-    corpus_tasks=3, clips_per_task=2, image_size=64, pretrain_minutes=0.4, pretrain_batch=8, demos_per_task=3, policy_steps=40,
-    policy_seeds=1, eval_episodes=2, checkpoints=2, checkpoint_episodes=1, horizon=30, num_envs=1,
-)  # fmt: skip
+QUICK_CONFIG = "demo-quick"  # configs/demo-quick.yaml: the same stages at toy sizes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="the whole pipeline end to end on this machine (about 30 minutes)")
-    parser.add_argument("--quick", action="store_true", help="the same stages at toy sizes (a few minutes)")
+    from voltron.config import add_config_option
+
+    parser = subparsers.add_parser(
+        "demo", help="the whole pipeline end to end on this machine (about 30 minutes)", add_help=False,
+        description="Settings come from the demo config (configs/demo.yaml; any key as a dotted override, e.g. "
+        "--policy_steps=500); the resolved config is written to OUT/demo_config.json.",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help=f"--config {QUICK_CONFIG}: toy sizes (a few minutes)")
     parser.add_argument("--out", help="output directory (default runs/demo, or runs/demo-quick with --quick)")
     parser.add_argument("--no-progress", action="store_true")
+    add_config_option(parser, "voltron.demo:DemoConfig", " (configs/demo.yaml)")
     parser.set_defaults(func=run)
 
 
@@ -248,7 +252,12 @@ def write_report(out: Path, config: DemoConfig, table, labels: list[str], stages
 
 
 def run(args: argparse.Namespace) -> int:
-    config = DemoConfig(**(QUICK if args.quick else {}))
-    config.out = args.out or ("runs/demo-quick" if args.quick else config.out)
+    from voltron.config import flag_overrides, parse_config
+    from voltron.errors import UserError
+
+    if args.quick and args.config:
+        raise UserError("--quick is --config demo-quick; give one of them", source="command line")
+    path = QUICK_CONFIG if args.quick else args.config
+    config = parse_config(DemoConfig, path, flag_overrides(args, ["out"]) + args.overrides, prog="voltron demo")
     run_demo(config, progress=not args.no_progress)
     return 0

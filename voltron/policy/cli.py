@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 
 from voltron.config import add_config_option
 from voltron.models.inference_options import add_inference_arguments
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_help=False,
     )
     train.add_argument("--demos", required=True, nargs="+", help="native HDF5 file(s), DROID folder(s), or a directory")
-    train.add_argument("--encoder", required=True, help="registered model id or encoder checkpoint directory")
+    train.add_argument("--encoder", help="registered model id or encoder checkpoint directory (policy.encoder)")
     train.add_argument("--out", required=True, help="run directory for the policy checkpoint and metrics")
     train.add_argument("--random-init", action="store_true", help="the encoder's architecture, randomly initialised")
     train.add_argument(
@@ -32,22 +34,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_option(train, "voltron.policy.config:BCConfig", " (configs/policy/*.yaml)")
     train.set_defaults(func=run_train)
 
-    ev = subparsers.add_parser("eval", help="evaluate a policy on a MuJoCo task")
-    ev.add_argument("--policy", required=True, help="policy run directory (what train-policy wrote)")
-    ev.add_argument("--task", required=True, help="task name, e.g. drawer-open")
-    ev.add_argument("--episodes", type=int, default=50)
+    ev = subparsers.add_parser(
+        "eval", help="evaluate a policy on a MuJoCo task", add_help=False, argument_default=argparse.SUPPRESS,
+        description="Every flag is also a key of the eval config (--config FILE, dotted overrides); a flag given "
+        "here wins over the file.",
+    )  # fmt: skip
+    ev.add_argument("--policy", help="policy run directory (what train-policy wrote); required")
+    ev.add_argument("--task", help="task name, e.g. drawer-open; required")
+    ev.add_argument("--episodes", type=int)
     ev.add_argument(
-        "--seed", type=int, default=EVAL_SEED_OFFSET,
+        "--seed", type=int,
         help=f"first reset seed (default {EVAL_SEED_OFFSET}; demos start at 0, and seeds a demo used are refused)",
     )  # fmt: skip
     ev.add_argument("--allow-seed-overlap", action="store_true", help="evaluate on demo seeds anyway")
     ev.add_argument("--checkpoint", help="a CHECKPOINT_DIR/step_*.safetensors of the run instead of its final weights")
-    ev.add_argument("--num-envs", type=int, default=2, help="environments stepped in parallel worker processes")
+    ev.add_argument("--num-envs", type=int, help="environments stepped in parallel worker processes (default 2)")
     ev.add_argument("--horizon", type=int, help="max steps per episode (default: the task's, 500)")
-    ev.add_argument("--videos", type=int, default=3, help="captioned MP4s of the first N episodes")
+    ev.add_argument("--videos", type=int, help="captioned MP4s of the first N episodes (default 3)")
     ev.add_argument("--out", help="output directory (default: POLICY/eval/TASK)")
     add_inference_arguments(ev, "the results' settings")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(precision=argparse.SUPPRESS, inference_backend=argparse.SUPPRESS)  # the config's, unless given
+    ev.add_argument("--no-progress", dest="progress", action="store_false")
+    add_config_option(ev, "voltron.policy.config:EvalConfig", " (configs/eval/*.yaml)")
     ev.set_defaults(func=run_eval)
 
     suite = subparsers.add_parser("eval-suite", help="collect demos, train and evaluate policies over a task suite")
@@ -91,7 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
     from voltron.policy.config import load_bc_config
     from voltron.policy.train import train_policy
 
-    overrides = [f"--policy.encoder={args.encoder}", *args.overrides]
+    overrides = [*([f"--policy.encoder={args.encoder}"] if args.encoder else []), *args.overrides]
     if args.random_init:
         overrides.append("--policy.pretrained=false")
     if args.bundle_encoder:
@@ -105,13 +113,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from voltron.config import RESOLVED_CONFIG, flag_overrides, save_config
+    from voltron.policy.config import EvalConfig, load_eval_config
     from voltron.policy.evaluate import evaluate
 
+    flags = [f.name for f in dataclasses.fields(EvalConfig)]  # every eval flag sets the config key of its name
+    config = load_eval_config(args.config, flag_overrides(args, flags) + args.overrides)
     result = evaluate(
-        args.policy, args.task, args.episodes, args.seed, args.num_envs, args.horizon, args.out, args.videos,
-        progress=not args.no_progress, checkpoint=args.checkpoint, allow_seed_overlap=args.allow_seed_overlap,
-        precision=args.precision, backend=args.inference_backend,
+        config.policy, config.task, config.episodes, config.seed, config.num_envs, config.horizon, config.out,
+        config.videos, progress=config.progress, checkpoint=config.checkpoint,
+        allow_seed_overlap=config.allow_seed_overlap, precision=config.precision, backend=config.inference_backend,
     )  # fmt: skip
+    save_config(config, Path(config.out or Path(config.policy) / "eval" / config.task) / RESOLVED_CONFIG)
     print(result.summary())
     return 0
 

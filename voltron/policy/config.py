@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from voltron.config import parse_config
+from voltron.policy.evaluate import EVAL_SEED_OFFSET
 
 LOWDIM_KEYS = ("proprio", "state")  # what the head sees besides the image: proprioception, or the simulator state
 NO_ENCODER = "none"  # policy.encoder for low-dim-only reference policies (state oracle, proprio-only floor)
@@ -100,3 +101,35 @@ def config_from_dict(data: dict[str, Any]) -> BCConfig:
     if "hidden_dims" in policy:
         policy["hidden_dims"] = tuple(policy["hidden_dims"])
     return validate(BCConfig(PolicyConfig(**policy), TrainConfig(**data.get("train", {}))))
+
+
+@dataclass
+class EvalConfig:
+    """`voltron eval`: one policy on one MuJoCo task (configs/eval/*.yaml state what differs)."""
+
+    policy: str = ""  # policy run directory (what train-policy wrote); required
+    task: str = ""  # task name, e.g. drawer-open; required
+    episodes: int = 50
+    seed: int = EVAL_SEED_OFFSET  # first reset seed (demos start at 0, and seeds a demo used are refused)
+    allow_seed_overlap: bool = False  # evaluate on seeds a demo used anyway
+    checkpoint: str | None = None  # a CHECKPOINT_DIR/step_*.safetensors of the run instead of its final weights
+    num_envs: int = 2  # environments stepped in parallel worker processes
+    horizon: int | None = None  # max steps per episode (None: the task's, 500)
+    videos: int = 3  # captioned MP4s of the first N episodes
+    out: str | None = None  # output directory (None: POLICY/eval/TASK)
+    precision: str = "fp32"  # encoder inference precision: fp32, bf16, int8 or auto (voltron.models.inference)
+    inference_backend: str = "eager"  # eager, compile, onnxruntime or auto
+    progress: bool = True
+
+
+def load_eval_config(path: str | None = None, overrides: list[str] | None = None) -> EvalConfig:
+    """Defaults, then the YAML at `path`, then dotted overrides; `policy` and `task` must be set somewhere."""
+    from voltron.errors import UserError
+
+    config = parse_config(EvalConfig, path, overrides, prog="voltron eval")
+    for key in ("policy", "task"):
+        if not getattr(config, key):
+            raise UserError(
+                "is required", source=path or "command line", key=key, expected=f"--{key} or {key}: in --config"
+            )
+    return config
