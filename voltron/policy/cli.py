@@ -58,23 +58,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_option(ev, "voltron.policy.config:EvalConfig", " (configs/eval/*.yaml)")
     ev.set_defaults(func=run_eval)
 
-    suite = subparsers.add_parser("eval-suite", help="collect demos, train and evaluate policies over a task suite")
-    suite.add_argument("--suite", default="metaworld5", help="task suite (metaworld5: the five CortexBench tasks)")
-    suite.add_argument("--encoder", action="append", default=[], help="encoder id or run dir (repeatable)")
-    suite.add_argument("--random-init", action="append", default=[], help="encoder id evaluated randomly initialised")
-    suite.add_argument("--demos-per-task", type=int, nargs="+", default=[25], help="a sweep, e.g. 5 10 25")
-    suite.add_argument("--seeds", type=int, default=3, help="policy training seeds per (row, task, demo count)")
-    suite.add_argument("--episodes", type=int, default=50, help="final evaluation episodes per policy")
-    suite.add_argument("--checkpoints", type=int, default=4, help="evaluations during training (best and final)")
-    suite.add_argument("--checkpoint-episodes", type=int, default=10, help="episodes per intermediate evaluation")
-    suite.add_argument("--out", default="runs/eval-suite")
-    suite.add_argument("--num-envs", type=int, default=2)
+    suite = subparsers.add_parser(
+        "eval-suite", help="collect demos, train and evaluate policies over a task suite", add_help=False,
+        argument_default=argparse.SUPPRESS,
+        description="Every flag is also a key of the suite config (--config FILE, dotted overrides such as "
+        "--train_overrides='[--train.batch_size=64]'); a flag given here wins over the file.",
+    )  # fmt: skip
+    suite.add_argument("--suite", help="task suite (metaworld5: the five CortexBench tasks)")
+    suite.add_argument("--encoder", action="append", help="encoder id or run dir (repeatable)")
+    suite.add_argument("--random-init", action="append", help="encoder id evaluated randomly initialised")
+    suite.add_argument("--demos-per-task", type=int, nargs="+", help="a sweep, e.g. 5 10 25 (default 25)")
+    suite.add_argument("--seeds", type=int, help="policy training seeds per (row, task, demo count) (default 3)")
+    suite.add_argument("--episodes", type=int, help="final evaluation episodes per policy (default 50)")
+    suite.add_argument("--checkpoints", type=int, help="evaluations during training (best and final) (default 4)")
+    suite.add_argument("--checkpoint-episodes", type=int, help="episodes per intermediate evaluation (default 10)")
+    suite.add_argument("--out", help="output directory (default runs/eval-suite)")
+    suite.add_argument("--num-envs", type=int)
     suite.add_argument("--horizon", type=int, help="evaluation steps per episode (default: the task's, 500)")
-    suite.add_argument("--steps", type=int, default=2000, help="policy training steps (cosine schedule)")
-    suite.add_argument("--image-size", type=int, default=112, help="rendered frame size (demos and evaluation)")
+    suite.add_argument("--steps", type=int, help="policy training steps (cosine schedule) (default 2000)")
+    suite.add_argument("--image-size", type=int, help="rendered frame size (demos and evaluation) (default 112)")
     suite.add_argument("--camera", help="camera (default: the suite's, corner3 for metaworld5)")
-    suite.add_argument("--no-references", action="store_true", help="skip the state-oracle and proprio-only rows")
-    suite.add_argument("--no-progress", action="store_true")
+    suite.add_argument("--no-references", dest="references", action="store_false", help="skip the reference rows")
+    suite.add_argument("--no-progress", dest="progress", action="store_false")
+    add_config_option(suite, "voltron.policy.suite:SuiteOptions", " (configs/eval/*.yaml)")
     suite.set_defaults(func=run_suite)
 
     policy = subparsers.add_parser("policy", help="policy folders: export one to run elsewhere (e.g. on a robot)")
@@ -138,16 +144,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_suite(args: argparse.Namespace) -> int:
+    from voltron.config import RESOLVED_CONFIG, flag_overrides, parse_config, save_config
     from voltron.policy.suite import SuiteOptions, run_eval_suite
 
-    encoders = [*args.encoder, *args.random_init]
-    options = SuiteOptions(
-        suite=args.suite, encoders=encoders, random_init=[False] * len(args.encoder) + [True] * len(args.random_init),
-        demos_per_task=args.demos_per_task, seeds=args.seeds, episodes=args.episodes, checkpoints=args.checkpoints,
-        checkpoint_episodes=args.checkpoint_episodes, out=args.out, num_envs=args.num_envs, horizon=args.horizon,
-        steps=args.steps, image_size=args.image_size, camera=args.camera, references=not args.no_references,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    flags = [f.name for f in dataclasses.fields(SuiteOptions) if f.name not in ("encoders", "random_init")]
+    overrides = flag_overrides(args, flags)
+    pretrained, random = getattr(args, "encoder", []), getattr(args, "random_init", [])
+    if pretrained or random:  # --encoder/--random-init give the encoder rows (and replace the config file's)
+        overrides += flag_overrides(argparse.Namespace(encoders=[*pretrained, *random]), ["encoders"])
+        overrides += flag_overrides(argparse.Namespace(random_init=[False] * len(pretrained) + [True] * len(random)),
+                                    ["random_init"])  # fmt: skip
+    options = parse_config(SuiteOptions, args.config, overrides + args.overrides, prog="voltron eval-suite")
+    save_config(options, Path(options.out) / RESOLVED_CONFIG)
     table = run_eval_suite(options)
     print(table.markdown())
     return 0

@@ -63,7 +63,7 @@ class SuiteOptions:
     """The protocol; every field is written into results.json. Defaults follow R3M/CortexBench where they fit
     this machine (see the README): 25 demos, 3 seeds, 50 final episodes, the task's 500-step horizon."""
 
-    encoders: list[str]
+    encoders: list[str] = field(default_factory=list)  # encoder ids or run dirs; none: only the reference rows
     suite: str = "metaworld5"
     tasks: list[str] | None = None  # default: the suite's tasks
     demos_per_task: list[int] = field(default_factory=lambda: [25])  # a sweep, e.g. [5, 10, 25]
