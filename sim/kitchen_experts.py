@@ -38,6 +38,7 @@ MAX_TURN = 0.35  # radians of hand rotation asked for per env step
 DAMPING = 0.05  # damped least squares
 REACHED = 0.015  # metres: a waypoint counts as reached within this
 GRASP_STEPS = 2
+RELEASE_BACKOFF = 0.06  # metres the hand backs off a handle it lets go of
 INSERT_STEPS = 8  # at most: a handle touched on the way in stops the hand short of the waypoint
 MAX_JOINT_STEP = 0.3  # radians per env step in the joint-space transit
 TRANSIT_DONE = 0.05  # radians: the transit ends when every joint is this close
@@ -82,6 +83,10 @@ class Script:
     grip_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # world offset of the grip point from the site
     hand_turn: float = 1.0  # share of a hinge's rotation the hand follows (a round bar may turn between the fingers)
     depth: float = INSERT_DEPTH  # metres past the site along the approach at the grasp
+    # Once the pull has opened the hinge this far (rad), let go and push from inside through these points in the
+    # object's frame (the last one is where the hand pushes), for a handle that swings out of the arm's reach.
+    push_from_inside: float | None = None
+    inside_waypoints: tuple[tuple[float, float, float], ...] = ()
 
 
 SCRIPTS = {
@@ -90,7 +95,16 @@ SCRIPTS = {
     "kitchen-light-on": Script(),
     "kitchen-sdoor-open": Script(),
     # the doors' round bars turn between the fingers, so the hand keeps its orientation and the arm its reach
-    "kitchen-ldoor-open": Script(yaw_blend=0.5, grip_offset=(0.0, 0.0, -0.1), hand_turn=0.0, depth=-0.01),  # low
+    # low on the bar: the top is far; past -0.5 rad the handle leaves the arm's reach (1.06 m from the shoulder at
+    # the goal band's edge, reach 0.95 m), so the hand goes round the door's free edge and pushes its inner face
+    "kitchen-ldoor-open": Script(
+        yaw_blend=0.5,
+        grip_offset=(0.0, 0.0, -0.1),
+        hand_turn=0.0,
+        depth=-0.01,
+        push_from_inside=-0.5,
+        inside_waypoints=((0.47, -0.12, -0.12), (0.47, 0.07, -0.12), (0.32, 0.07, -0.12)),
+    ),
     "kitchen-micro-open": Script(grip_offset=(0.0, 0.0, 0.1), hand_turn=0.0, depth=-0.01),  # high, over the kettle
 }
 SHOULDER = np.array([0.0, 0.0, 2.133])  # the arm's joint-2 axis height above the base at (0, 0, 1.8)
@@ -235,6 +249,7 @@ class KitchenExpert:
         self.phase_steps = 0
         self._target: np.ndarray | None = None  # this episode's pre-grasp configuration
         self._hold = HAND_LEVEL  # and the hand orientation there
+        self._inside: int | None = None  # the inside waypoint being reached, once the hand has let go
         # at the grasp: the hand's position in the object's frame, the joint value, the hand's orientation
         self._grip: tuple[np.ndarray, float, np.ndarray] | None = None
 
@@ -293,8 +308,19 @@ class KitchenExpert:
             if np.max(np.abs(remaining)) < TRANSIT_DONE:
                 self._advance("insert")
             return self._action(np.clip(remaining, -MAX_JOINT_STEP, MAX_JOINT_STEP), 1.0)
-        fingers = 1.0 if self.phase == "insert" else -1.0
-        if self.phase == "turn":
+        fingers = 1.0 if self.phase in ("insert", "release") else -1.0
+        script = self.script
+        if self.phase == "turn" and script.push_from_inside is not None and self._inside is None:
+            if (self._joint_value() - script.push_from_inside) * np.sign(self.env.goal.goal) >= 0:
+                self._inside = 0
+                self._advance("release")
+        if self.phase == "release":  # fingers open, the hand backs off the handle
+            position, orientation = self._hand()[0] - RELEASE_BACKOFF * self._hold[:, 2], self._hold
+        elif self.phase == "around":  # waypoints in the object's frame, so they move with it
+            body_position, body_orientation = data.xpos[self.body], data.xmat[self.body].reshape(3, 3)
+            local = np.asarray(script.inside_waypoints[self._inside])
+            position, orientation = body_position + body_orientation @ local, self._hold
+        elif self.phase == "turn":
             position, orientation = self._turn_target()
         else:  # straight in along the approach of the pre-grasp solution, holding its orientation
             grip, _ = self._grasp_pose()
@@ -304,6 +330,15 @@ class KitchenExpert:
         reached = np.linalg.norm(error[:3]) < REACHED
         if self.phase == "insert" and (reached or self.phase_steps + 1 >= INSERT_STEPS):
             self._advance("grasp")
+        elif self.phase == "release" and self.phase_steps + 1 >= GRASP_STEPS:
+            self._advance("around")
+        elif self.phase == "around" and (reached or self.phase_steps + 1 >= INSERT_STEPS):
+            self._inside += 1
+            if self._inside == len(script.inside_waypoints):  # push at the last point, as if gripping it
+                self._grip = (np.asarray(script.inside_waypoints[-1]), self._joint_value(), self._hold)
+                self._advance("turn")
+            else:
+                self._advance("around")
         elif self.phase == "grasp" and self.phase_steps + 1 >= GRASP_STEPS:
             body_position, body_orientation = data.xpos[self.body], data.xmat[self.body].reshape(3, 3)
             hand_position, hand_orientation = self._hand()
