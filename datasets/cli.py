@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+
+from voltron.config import add_config_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,12 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Validate every clip (decodes, frame count, fps, size), tokenise each caption once and write sharded "
             "JPEG frames at the training size plus an index. Parallel over cores, resumable after a kill, "
             "deterministic for a seed; bad clips are skipped and listed in OUT/report.json. A re-run of a "
-            "finished store does nothing."
+            "finished store does nothing. Every flag is also a key of the preprocess config (--config FILE, dotted "
+            "overrides); a flag given here wins over the file."
         ),
+        add_help=False,
     )
-    parser.add_argument("--corpus", required=True, help="corpus layout: sth-sth-v2 or manifest (JSONL/CSV)")
-    parser.add_argument("--root", required=True, help="the raw corpus: Sth-Sth-v2 folder, or manifest file/folder")
-    parser.add_argument("--out", required=True, help="the store folder to write (or resume)")
+    parser.add_argument("--corpus", help="corpus layout: sth-sth-v2 or manifest (JSONL/CSV); required")
+    parser.add_argument("--root", help="the raw corpus: Sth-Sth-v2 folder, or manifest file/folder; required")
+    parser.add_argument("--out", help="the store folder to write (or resume); required")
     parser.add_argument("--tokenizer", help="language model name, local path or alias (default: minilm)")
     parser.add_argument("--max-lang-len", dest="max_lang_len", type=int, help="tokens per caption (default: 20)")
     parser.add_argument("--size", type=int, help="square training frame size in pixels (default: 224)")
@@ -31,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clips-per-shard", dest="clips_per_shard", type=int, help="clips per shard (default: 2000)")
     parser.add_argument("--min-frames", dest="min_frames", type=int, help="shortest usable clip (default: 5)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    add_config_option(parser, "voltron.datasets.preprocess:PreprocessConfig")
     parser.set_defaults(func=run_preprocess)
 
     demos = subparsers.add_parser("demos", help="household demonstrations: convert between formats")
@@ -70,11 +76,14 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
+    from voltron.config import flag_overrides, parse_config
     from voltron.datasets.corpus import ManifestError
-    from voltron.datasets.preprocess import PreprocessError, config_from_args, preprocess
+    from voltron.datasets.preprocess import PreprocessConfig, PreprocessError, preprocess
 
+    flags = flag_overrides(args, [f.name for f in dataclasses.fields(PreprocessConfig)])
+    config = parse_config(PreprocessConfig, args.config, flags + args.overrides, prog="voltron preprocess")
     try:
-        result = preprocess(config_from_args(args))
+        result = preprocess(config)
     except (ManifestError, PreprocessError, OSError) as err:  # OSError: unreadable files, unknown tokenizer
         print(f"voltron preprocess: error: {err}", file=sys.stderr)
         return 2

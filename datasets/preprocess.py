@@ -373,10 +373,3 @@ def _finish(config: PreprocessConfig, out: Path, root: Path, shards) -> dict[str
 def _reason_kind(reason: str) -> str:
     """The reason's leading phrase ('truncated', 'empty file (0 bytes)', ...), for counting."""
     return reason.split(":")[0]
-
-
-def config_from_args(args: Any) -> PreprocessConfig:
-    """The config for a parsed `voltron preprocess` namespace (see voltron.datasets.cli)."""
-    fields = PreprocessConfig.__dataclass_fields__
-    values = {key: getattr(args, key) for key in fields if getattr(args, key, None) is not None}
-    return PreprocessConfig(**{**values, "root": Path(args.root), "out": Path(args.out)})
