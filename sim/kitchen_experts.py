@@ -3,17 +3,21 @@
 None ship with the original (R3M's demos came from unreleased state-based policies), so every task uses one
 script, read off the task's object joint in the live MuJoCo model:
 
-1. reach: a pre-grasp point 10 cm in front of the handle/knob site, the hand level and pointing into the kitchen,
-   fingers open and across the handle (the knob's hand also rolls by -pi on the way, so the wrist has room to turn);
-2. insert: the fingers around the handle;
+1. transit: joint space, fingers open, to an arm configuration with the hand 7 cm in front of the handle/knob site,
+   level, fingers horizontal across the (vertical) bar (`pregrasp_configuration`: searched once per task on the
+   nominal scene, then re-solved for this episode's desk offset);
+2. insert: straight in until the bar is between the fingers (bounded: a touched handle stops the hand short);
 3. grasp: close the fingers;
-4. turn: move the grip point and the hand with the object joint, a bounded lead ahead of where it is (rotated about
-   the hinge axis, or shifted along the slide axis), until the joint is at its goal, then hold it there.
+4. turn: move the grip point with the object joint, a bounded lead ahead of where it is (rotated about the hinge
+   axis, or shifted along the slide axis), the hand following the rotation as far as the task's script says, until
+   the joint is at its goal, then hold it there. The left door lets go at -0.5 rad, goes round the door's free edge
+   and pushes its inner face instead (its handle swings out of the arm's reach).
 
 Each step's 6-d end-effector error (position, and orientation as a rotation vector), clipped to a bounded step,
 goes through damped least squares on `mj_jacSite`'s Jacobian to 7 joint increments. A gravity feed-forward
 (`qfrc_bias / kp`) is added because the env's position servos otherwise sag below their targets, and the result is
-divided by the env's step size (2*pi rad/s for 80 ms) into the action. The expert reads the env's model and data
+divided by the servos' share of a step's target they cover (first-order response of a damped joint) and by the env's
+step size (2*pi rad/s for 80 ms) into the action. The expert reads the env's model and data
 (privileged, as scripted experts are) and ignores the state vector it is called with.
 """
 
