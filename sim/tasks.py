@@ -115,7 +115,7 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {name: TaskSpec(name, language) for name, language in _INSTRUCTIONS.items()}
 CORPUS_TASKS = tuple(name for name in TASKS if name not in EVAL_TASKS)  # 45 names, alphabetical
 
-# Franka Kitchen (voltron.sim.kitchen holds the goals and the env): R3M's five kitchen_*-v3 tasks, 50 steps, 9-d
+# Franka Kitchen (voltron.sim.kitchen holds the goals and the env): R3M's five kitchen_*-v3 tasks (100 steps, see below), 9-d
 # joint-velocity actions, 9-d proprio (7 arm joints, 2 fingers), two views.
 KITCHEN_PROPRIO_KEYS = (*(f"panda_joint{i}" for i in range(1, 8)), "finger_joint1", "finger_joint2")
 R3M_KITCHEN_HORIZON = 50  # R3M's max_episode_steps for every kitchen_*-v3 task
