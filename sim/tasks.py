@@ -115,8 +115,8 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {name: TaskSpec(name, language) for name, language in _INSTRUCTIONS.items()}
 CORPUS_TASKS = tuple(name for name in TASKS if name not in EVAL_TASKS)  # 45 names, alphabetical
 
-# Franka Kitchen (voltron.sim.kitchen holds the goals and the env): R3M's five kitchen_*-v3 tasks (100 steps, see below), 9-d
-# joint-velocity actions, 9-d proprio (7 arm joints, 2 fingers), two views.
+# Franka Kitchen (voltron.sim.kitchen holds the goals and the env): R3M's five kitchen_*-v3 tasks (100 steps, see
+# below), 9-d joint-velocity actions, 9-d proprio (7 arm joints, 2 fingers), two views.
 KITCHEN_PROPRIO_KEYS = (*(f"panda_joint{i}" for i in range(1, 8)), "finger_joint1", "finger_joint2")
 R3M_KITCHEN_HORIZON = 50  # R3M's max_episode_steps for every kitchen_*-v3 task
 # Ours is 100 steps (8 s): in this model the arm's big joints top out near 0.9 rad/s (servo force limit 87 N m
