@@ -12,7 +12,8 @@ Rounds are interleaved and the best is reported, so load from other processes hi
 `success`: trains the same policies (same seeds) on the HDF5 demos and on their LeRobot copy (`voltron demos
 convert`, AV1), evaluates each on the same episodes, and prints both success rates with 95% Wilson intervals:
 a state oracle (no camera; the LeRobot copy must give the same policy) and a frozen tiny encoder on the 64 px
-frames (the codec's loss is the only difference).
+frames (the codec's loss is the only difference), each on two LeRobot copies: LeRobot's defaults (AV1, yuv420p,
+crf 30) and a near-lossless one (H.264, yuv444p, crf 0).
 
     .venv/bin/python bench/lerobot.py speed   [--demos N] [--samples 300] [--repeats 3]
     .venv/bin/python bench/lerobot.py success [--demos 20] [--episodes 30] [--steps 1000] [--seed 0] [--rows all]
@@ -128,6 +129,7 @@ def speed(args: argparse.Namespace) -> dict:
         "LeRobot v3, AV1 (PyAV/dav1d)": (ensure_lerobot(demos, args.out, "libsvtav1"), "pyav"),
         "LeRobot v3, H.264 (decord)": (ensure_lerobot(demos, args.out, "h264"), "auto"),
         "LeRobot v3, H.264 (PyAV)": (ensure_lerobot(demos, args.out, "h264"), "pyav"),
+        "LeRobot v3, H.264 4:4:4 crf 0": (ensure_lerobot(demos, args.out, "h264", crf=0, pix_fmt="yuv444p"), "auto"),
     }
     random_rounds: dict[str, list[float]] = {name: [] for name in formats}
     load_rounds: dict[str, list[float]] = {name: [] for name in formats}
