@@ -322,12 +322,20 @@ def test_vector_env_reports_a_killed_worker_without_hanging():
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------------
-def test_cli_registers_sim_commands():
+def test_cli_registers_sim_commands(tmp_path):
     from voltron.cli import build_parser
+    from voltron.sim.cli import CollectConfig, CorpusConfig, _resolve
 
     parser = build_parser()
-    command = "sim collect --task drawer-open --out demos/drawer-open.hdf5 --action-noise 0.1 --seed 3"
+    (tmp_path / "collect.yaml").write_text("seed: 5\nimage_size: 64\n")
+    command = (
+        f"sim collect --task drawer-open --out d.hdf5 --action-noise 0.1 --seed 3 --config {tmp_path}/collect.yaml"
+    )
     args = parser.parse_args(command.split())
-    assert args.episodes == 25 and args.action_noise == 0.1 and args.seed == 3 and callable(args.func)
+    args.overrides = ["--episodes=7"]  # what voltron.cli.main hands over from `--episodes=7` or `episodes=7`
+    resolved = _resolve(CollectConfig, args, "voltron sim collect", ("task", "out"))
+    assert (resolved.episodes, resolved.action_noise, resolved.seed) == (7, 0.1, 3)  # the flag wins over the file
+    assert resolved.image_size == 64 and not resolved.no_progress and callable(args.func)
     args = parser.parse_args(["sim", "make-corpus", "--out", "corpus"])
-    assert args.tasks == "45" and args.clips_per_task == 10 and callable(args.func)
+    resolved = _resolve(CorpusConfig, args, "voltron sim make-corpus", ("out",))
+    assert resolved.tasks == "45" and resolved.clips_per_task == 10 and callable(args.func)
