@@ -189,6 +189,7 @@ def run_voltron(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedP
     )
 
 
+@pytest.mark.slow  # a subprocess or end-to-end run: `make test` runs it, `make test-fast` leaves it out
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workspace):
     args, words = CASES[case]
@@ -201,6 +202,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workspace):
     assert snapshot(workspace) == before
 
 
+@pytest.mark.slow  # a subprocess or end-to-end run: `make test` runs it, `make test-fast` leaves it out
 def test_voltron_debug_shows_the_traceback(workspace):
     result = run_voltron(["pretrain", "--optim.lr=fast"], workspace, VOLTRON_DEBUG="1")
     assert result.returncode != 0 and "Traceback" in result.stderr and "UserError" in result.stderr

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Subprocess and end-to-end runs: `make test` runs them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory) -> tuple[Path, str]:

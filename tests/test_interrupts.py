@@ -17,6 +17,9 @@ import pytest
 from voltron.policy.config import load_bc_config
 from voltron.policy.train import train_policy
 
+# Subprocess and end-to-end runs: `make test` runs them, `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -162,6 +162,7 @@ def test_wilson_interval():
     assert 0.2 < low < 0.3 and 0.7 < high < 0.8
 
 
+@pytest.mark.slow  # a subprocess or end-to-end run: `make test` runs it, `make test-fast` leaves it out
 def test_train_policy_cli_takes_dotted_overrides(sim_demos, tmp_path):
     cmd = [
         sys.executable, "-m", "voltron.cli", "train-policy", "--demos", str(sim_demos), "--encoder", "r-mvp-tiny",
@@ -239,6 +240,7 @@ def test_eval_refuses_demo_seeds_and_writes_lerobot_eval_info(tiny_policy, tmp_p
     assert info["settings"][0]["horizon"] == 6 and info["settings"][0]["camera"] == "corner"
 
 
+@pytest.mark.slow  # a subprocess or end-to-end run: `make test` runs it, `make test-fast` leaves it out
 def test_eval_resumes_after_sigkill_with_identical_episodes(tiny_policy, tmp_path):
     import os
     import signal

@@ -78,6 +78,7 @@ def test_second_run_is_a_noop(store, capsys):
         preprocess(PreprocessConfig("sth-sth-v2", root.parent / "raw", root, size=48, clips_per_shard=2, n_val=2))
 
 
+@pytest.mark.slow  # a subprocess or end-to-end run: `make test` runs it, `make test-fast` leaves it out
 def test_killed_run_resumes_to_the_identical_store(tmp_path, clips):
     raw = tmp_path / "raw"
     clips.make_sthsth_corpus(raw, clips.TRAIN, clips.VAL, clips.BAD)

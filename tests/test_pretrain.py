@@ -253,6 +253,7 @@ def test_nonfinite_loss_raises_before_the_update(store):
 
 
 # === End to end ===
+@pytest.mark.slow  # a subprocess or end-to-end run: `make test` runs it, `make test-fast` leaves it out
 def test_resume_after_sigkill_continues_exactly(reference, store, tmp_path):
     config_path, reference_run = reference
     run_dir = tmp_path / "run"
@@ -286,6 +287,7 @@ def test_resume_after_sigkill_continues_exactly(reference, store, tmp_path):
     assert state.val_step == 9 and state.val_metrics["val_loss"] == expected_val[9]
 
 
+@pytest.mark.slow  # a subprocess or end-to-end run: `make test` runs it, `make test-fast` leaves it out
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one_process(strategy, reference, store, tmp_path):
     _, reference_run = reference

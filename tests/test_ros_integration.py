@@ -23,7 +23,7 @@ from voltron.ros.bridge import make_bridge
 from voltron.ros.config import load_robot_config
 from voltron.ros.server import ServeOptions, serve
 
-pytestmark = pytest.mark.ros
+pytestmark = [pytest.mark.ros, pytest.mark.slow]  # a real ROS peer end to end; `make test-fast` leaves it out
 
 REPO = Path(__file__).resolve().parents[1]
 RATE_HZ = 15.0

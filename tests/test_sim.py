@@ -208,6 +208,7 @@ def test_collect_writes_demos_the_reader_loads(tmp_path):
             assert sorted(train.demo_keys + valid.demo_keys) == ["demo_0", "demo_1"]
 
 
+@pytest.mark.slow  # a subprocess or end-to-end run: `make test` runs it, `make test-fast` leaves it out
 def test_killed_collection_leaves_no_file(tmp_path):
     out = tmp_path / "demos" / "reach.hdf5"
     args = [*"sim collect --task reach --episodes 200 --image-size 64 --no-progress --out".split(), str(out)]
