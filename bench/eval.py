@@ -57,7 +57,7 @@ def main() -> None:
 
     import torch
 
-    from voltron.policy.evaluate import rollout
+    from voltron.policy.evaluate import run_episodes
     from voltron.sim.env import SimEnv
 
     warnings.simplefilter("ignore")
@@ -111,7 +111,7 @@ def main() -> None:
     rates = {}
     for num_envs in args.num_envs:
         episodes = max(args.episodes, num_envs)
-        _, _, seconds, steps = rollout(
+        _, _, seconds, steps = run_episodes(
             policy, args.task, episodes, seed=100_000, num_envs=num_envs, horizon=args.horizon,
             image_size=args.image_size, progress=False,
         )  # fmt: skip

@@ -368,7 +368,7 @@ class ClipRenderer:
         from voltron.sim.render import OffscreenRenderer
 
         self.task = get_task(task)
-        self.env = self.task.make_env(horizon=MAX_STEPS)
+        self.env = self.task.metaworld_env(horizon=MAX_STEPS)
         model = self.env.model
         self.renderer = OffscreenRenderer(
             model, width=FRAME_WIDTH, height=FRAME_HEIGHT, camera=CAMERAS[0], multisamples=MULTISAMPLES

@@ -88,7 +88,7 @@ class SimEnv(gym.Env):
         # (the arm's 67k mesh faces), a physics step under 1 ms.
         self.render_images = render_images
         self._blank = np.zeros((*self.image_shape, 3), dtype=np.uint8)
-        self._env = self.task.make_env(horizon=self.horizon)
+        self._env = self.task.metaworld_env(horizon=self.horizon)
         self._renderer = OffscreenRenderer(
             self._env.model,
             height=self.image_shape[0],
@@ -105,11 +105,6 @@ class SimEnv(gym.Env):
     @property
     def language(self) -> str:
         return self.task.language
-
-    @property
-    def unwrapped_metaworld(self) -> Any:
-        """The underlying MetaWorld env (for its MuJoCo model/data, e.g. to render other cameras)."""
-        return self._env
 
     def _observe(self, state: np.ndarray) -> dict[str, Any]:
         self._last_image = self._renderer.render(self._env.data) if self.render_images else self._blank

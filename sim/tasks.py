@@ -105,8 +105,9 @@ class TaskSpec:
         show."""
         return self.name in EVAL_TASKS or self.family != "metaworld"
 
-    def make_env(self, horizon: int | None = None) -> SawyerXYZEnv:
-        """The raw MetaWorld environment (39-d state observations, no rendering); see `make_metaworld_env`."""
+    def metaworld_env(self, horizon: int | None = None) -> SawyerXYZEnv:
+        """The raw MetaWorld environment (39-d state observations, no rendering); see `make_metaworld_env`. The
+        Gymnasium env with images is `voltron.sim.env.make_env`."""
         if self.family != "metaworld":
             raise UnknownTaskError(f"{self.name} is a {self.family} task; build it with voltron.sim.env.make_env")
         return make_metaworld_env(self.env_id, horizon=horizon or self.horizon)

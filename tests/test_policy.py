@@ -132,11 +132,11 @@ def test_eval_writes_every_output(tiny_policy, tmp_path):
 
 
 def test_vectorised_eval_matches_the_serial_one(tiny_policy, tmp_path):
-    from voltron.policy.evaluate import rollout
+    from voltron.policy.evaluate import run_episodes
 
     policy = load_policy(tiny_policy[0])
-    serial, _, _, _ = rollout(policy, TASK, 2, seed=5, num_envs=1, horizon=8, image_size=64, progress=False)
-    vector, _, _, _ = rollout(policy, TASK, 2, seed=5, num_envs=2, horizon=8, image_size=64, progress=False)
+    serial, _, _, _ = run_episodes(policy, TASK, 2, seed=5, num_envs=1, horizon=8, image_size=64, progress=False)
+    vector, _, _, _ = run_episodes(policy, TASK, 2, seed=5, num_envs=2, horizon=8, image_size=64, progress=False)
     exact = ("episode", "seed", "success", "length")
     assert [{k: e[k] for k in exact} for e in serial] == [{k: e[k] for k in exact} for e in vector]
     # a batch of 2 and a batch of 1 round the policy's actions differently in the last float32 bit
@@ -145,12 +145,12 @@ def test_vectorised_eval_matches_the_serial_one(tiny_policy, tmp_path):
 
 
 def test_mismatched_policy_fails_before_any_rollout(tiny_policy):
-    from voltron.policy.evaluate import rollout
+    from voltron.policy.evaluate import run_episodes
 
     policy = load_policy(tiny_policy[0])
     policy.proprio_dim = 7
     with pytest.raises(ValueError, match="proprio 7-d.*gives proprio 4-d"):
-        rollout(policy, TASK, 1, num_envs=1, horizon=5, image_size=64, progress=False)
+        run_episodes(policy, TASK, 1, num_envs=1, horizon=5, image_size=64, progress=False)
 
 
 def test_wilson_interval():

@@ -137,7 +137,7 @@ def test_coarse_meshes_change_frames_slightly_and_physics_not_at_all(make_env):
 def test_flipped_camera_table_matches_camera_geometry():
     import mujoco
 
-    env = get_task("assembly").make_env()
+    env = get_task("assembly").metaworld_env()
     env.seed(0)
     env.reset()
     model, data = env.model, env.data

@@ -135,7 +135,7 @@ def code_version() -> str:
         return voltron.__version__
 
 
-def rollout(
+def run_episodes(
     policy: Any,
     task: str,
     episodes: int,
@@ -386,7 +386,7 @@ def evaluate(
             log.write("".join(json.dumps({"round": round_index, **r}) + "\n" for r in round_records))
             log.flush()
 
-    records, frames, seconds, steps = rollout(
+    records, frames, seconds, steps = run_episodes(
         policy, task, episodes, seed, num_envs, horizon, image_size, record=videos, progress=progress,
         done_rounds=set(finished), on_round=on_round,
     )  # fmt: skip
