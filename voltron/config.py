@@ -233,18 +233,41 @@ def format_config_help(config_class: type, prog: str | None) -> str:
     return "\n".join(lines)
 
 
-def save_config(config: Any, path: str | os.PathLike) -> Path:
-    """Write the fully resolved `config` as YAML at `path` (atomically): what a run used, loadable by
-    `load_saved_config` or as `--config` for a rerun."""
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """`config` as plain JSON/YAML values (what checkpoints embed); `config_from_dict` reads it back."""
+    import draccus
+
+    return draccus.encode(config)
+
+
+def config_from_dict(config_class: type[Config], data: dict[str, Any], source: str = "config") -> Config:
+    """A config from `config_to_dict`'s form, with the same one-line errors as a YAML file (`source` names it)."""
+    import draccus
+    from draccus.utils import DecodingError
+
+    try:
+        return draccus.decode(config_class, data)
+    except DecodingError as err:
+        raise _decoding_error(err, config_class, source, []) from err
+
+
+def config_yaml(config: Any) -> str:
+    """The fully resolved `config` as YAML text."""
     import io
 
     import draccus
 
-    from voltron.io import atomic_write_text
-
     stream = io.StringIO()
     draccus.dump(config, stream)
-    return atomic_write_text(path, stream.getvalue())
+    return stream.getvalue()
+
+
+def save_config(config: Any, path: str | os.PathLike) -> Path:
+    """Write the fully resolved `config` as YAML at `path` (atomically): what a run used, loadable by
+    `load_saved_config` or as `--config` for a rerun."""
+    from voltron.io import atomic_write_text
+
+    return atomic_write_text(path, config_yaml(config))
 
 
 def load_saved_config(config_class: type[Config], path: str | os.PathLike) -> Config:

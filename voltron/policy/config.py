@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import voltron.config
 from voltron.config import parse_config
 from voltron.policy.evaluate import EVAL_SEED_OFFSET
 
@@ -93,14 +93,11 @@ def load_bc_config(path: str | None = None, overrides: list[str] | None = None) 
 
 
 def config_to_dict(config: BCConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    return voltron.config.config_to_dict(config)
 
 
-def config_from_dict(data: dict[str, Any]) -> BCConfig:
-    policy = dict(data.get("policy", {}))
-    if "hidden_dims" in policy:
-        policy["hidden_dims"] = tuple(policy["hidden_dims"])
-    return validate(BCConfig(PolicyConfig(**policy), TrainConfig(**data.get("train", {}))))
+def config_from_dict(data: dict[str, Any], source: str = "policy config.json") -> BCConfig:
+    return validate(voltron.config.config_from_dict(BCConfig, data, source))
 
 
 @dataclass

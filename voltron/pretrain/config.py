@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import draccus
 
 # The YAML files in configs/pretrain/ state only what differs from these defaults, which follow the paper:
 # AdamW (0.9, 0.95), weight decay 0.05 on every non-bias parameter with ndim >= 2 (learned tokens and per-frame
@@ -242,17 +239,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def to_dict(config: PretrainConfig) -> dict[str, Any]:
-    return draccus.encode(config)
+    from voltron.config import config_to_dict
+
+    return config_to_dict(config)
 
 
-def from_dict(data: dict[str, Any]) -> PretrainConfig:
-    return draccus.decode(PretrainConfig, data)
+def from_dict(data: dict[str, Any], source: str = "trainer state") -> PretrainConfig:
+    from voltron.config import config_from_dict
 
-
-def dump_yaml(config: PretrainConfig) -> str:
-    stream = io.StringIO()
-    draccus.dump(config, stream)
-    return stream.getvalue()
+    return config_from_dict(PretrainConfig, data, source)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

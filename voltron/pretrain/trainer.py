@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from voltron.config import save_config
 from voltron.pretrain import checkpointing as ckpt
 from voltron.pretrain import config as cfg_module
 from voltron.pretrain.config import PretrainConfig, PretrainError, validate
@@ -446,9 +447,7 @@ class Trainer:
         step = self.state.step
         self.state.config = cfg_module.to_dict(config)
         if env.is_main:
-            from voltron.io import atomic_write_bytes
-
-            atomic_write_bytes(self.run_dir / cfg_module.CONFIG_FILE, cfg_module.dump_yaml(config).encode())
+            save_config(config, self.run_dir / cfg_module.CONFIG_FILE)
             print(f"[voltron pretrain] {config.model.name} -> {self.run_dir}: {plan.describe()}", flush=True)
             if resumed:
                 print(f"[voltron pretrain] resumed from {self.last_checkpoint} at step {step}", flush=True)

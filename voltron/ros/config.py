@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import draccus
-
-from voltron.config import parse_config
+from voltron.config import config_from_dict, config_to_dict, parse_config
 
 # Message types are written `pkg/Type`; `pkg/msg/Type` (ROS 2 / rosbags spelling) is accepted and normalised.
 IMAGE_TYPES = ("sensor_msgs/CompressedImage", "sensor_msgs/Image")
@@ -228,11 +226,11 @@ def load_robot_config(path: str | Path, overrides: list[str] | None = None) -> R
 
 
 def robot_config_from_dict(values: dict, source: str = "<dict>") -> RobotConfig:
-    return draccus.decode(RobotConfig, values).validate(source)
+    return config_from_dict(RobotConfig, values, source).validate(source)
 
 
 def robot_config_to_dict(cfg: RobotConfig) -> dict:
-    return draccus.encode(cfg)
+    return config_to_dict(cfg)
 
 
 def save_robot_config(cfg: RobotConfig, path: str | Path) -> Path:
