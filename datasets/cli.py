@@ -9,6 +9,23 @@ import sys
 from voltron.config import add_config_option
 
 
+@dataclasses.dataclass
+class ConvertConfig:
+    """`voltron demos convert`: one demo source rewritten as a LeRobot v3.0 dataset or a native HDF5 file."""
+
+    source: str = ""  # demo file, DROID episode folder, LeRobot dataset, or a directory of them; required
+    out: str = ""  # output: a LeRobot dataset folder, or an .hdf5 file; required
+    to: str = ""  # output format: lerobot or hdf5; required
+    fps: float | None = None  # frame rate (None: the source's: LeRobot info, DROID 15, env_args)
+    vcodec: str = "libsvtav1"  # LeRobot video codec: libsvtav1, h264 or hevc
+    crf: int = 30  # LeRobot video quality, lower is better
+    pix_fmt: str = "yuv420p"  # yuv420p, or yuv444p (h264 only): full colour
+    cameras: list[str] | None = None  # cameras to keep (None: all)
+    image_size: int | None = None  # resize frames to a square of this size (None: as stored)
+    overwrite: bool = False  # replace `out` once the new output is complete
+    progress: bool = True
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `preprocess` to the `voltron` command (argparse only: the handler imports the heavy modules)."""
     parser = subparsers.add_parser(
@@ -47,32 +64,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="convert demos (HDF5, DROID folders, LeRobot datasets, or a directory of them) to LeRobot v3 or HDF5",
         description="Read every episode of SOURCE one at a time and write OUT as a LeRobot v3.0 dataset (train/valid "
         "splits kept, LeRobot's stats with quantiles, written atomically per file; a killed conversion resumes when "
-        "rerun) or as one native demo HDF5 file. OUT is never replaced without --overwrite.",
+        "rerun) or as one native demo HDF5 file. OUT is never replaced without --overwrite. Every flag is also a "
+        "key of the convert config (--config FILE, dotted overrides); a flag given here wins over the file.",
+        add_help=False,
+        argument_default=argparse.SUPPRESS,
     )
-    convert.add_argument("source", help="demo file, DROID episode folder, LeRobot dataset, or a directory of them")
-    convert.add_argument("out", help="output: a LeRobot dataset folder, or an .hdf5 file")
-    convert.add_argument("--to", required=True, choices=("lerobot", "hdf5"), help="output format")
+    convert.add_argument(
+        "source", nargs="?", help="demo file, DROID episode folder, LeRobot dataset, or a directory of them"
+    )
+    convert.add_argument("out", nargs="?", help="output: a LeRobot dataset folder, or an .hdf5 file")
+    convert.add_argument("--to", choices=("lerobot", "hdf5"), help="output format (required)")
     convert.add_argument(
         "--fps", type=float, help="frame rate (default: the source's: LeRobot info, DROID 15, env_args)"
     )
     convert.add_argument(
-        "--vcodec", default="libsvtav1", choices=("libsvtav1", "h264", "hevc"), help="LeRobot video codec"
+        "--vcodec", choices=("libsvtav1", "h264", "hevc"), help="LeRobot video codec (default libsvtav1)"
     )
-    convert.add_argument("--crf", type=int, default=30, help="LeRobot video quality, lower is better (default 30)")
+    convert.add_argument("--crf", type=int, help="LeRobot video quality, lower is better (default 30)")
     convert.add_argument(
-        "--pix-fmt", default="yuv420p", choices=("yuv420p", "yuv444p"), help="yuv444p (h264 only): full colour"
+        "--pix-fmt", choices=("yuv420p", "yuv444p"), help="yuv444p (h264 only): full colour (default yuv420p)"
     )
     convert.add_argument("--cameras", nargs="+", help="cameras to keep (default: all)")
     convert.add_argument("--image-size", type=int, help="resize frames to a square of this size (default: as stored)")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT once the new output is complete")
-    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+    convert.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_config_option(convert, "voltron.datasets.cli:ConvertConfig")
     convert.set_defaults(func=run_convert)
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from voltron.config import flag_overrides, parse_config
     from voltron.datasets.lerobot import convert_main
+    from voltron.errors import UserError
 
-    return convert_main(args)
+    flags = flag_overrides(args, [f.name for f in dataclasses.fields(ConvertConfig)])
+    config = parse_config(ConvertConfig, args.config, flags + args.overrides, prog="voltron demos convert")
+    for key in ("source", "out", "to"):
+        if not getattr(config, key):
+            raise UserError("is required", source=args.config or "command line", key=key,
+                            expected=f"{key.upper() if key != 'to' else '--to'} or {key}: in --config")  # fmt: skip
+    return convert_main(argparse.Namespace(**dataclasses.asdict(config), no_progress=not config.progress))
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
