@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from voltron.config import add_config_option
+from voltron.config import add_config_option, command_config, config_command
 
 
 @dataclasses.dataclass
@@ -59,15 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demos = subparsers.add_parser("demos", help="household demonstrations: convert between formats")
     demos.set_defaults(func=lambda _args: demos.print_help() or 2)
     commands = demos.add_subparsers(dest="demos_command", metavar="SUBCOMMAND")
-    convert = commands.add_parser(
+    convert = config_command(
+        commands,
         "convert",
+        "voltron.datasets.cli:ConvertConfig",
         help="convert demos (HDF5, DROID folders, LeRobot datasets, or a directory of them) to LeRobot v3 or HDF5",
         description="Read every episode of SOURCE one at a time and write OUT as a LeRobot v3.0 dataset (train/valid "
         "splits kept, LeRobot's stats with quantiles, written atomically per file; a killed conversion resumes when "
-        "rerun) or as one native demo HDF5 file. OUT is never replaced without --overwrite. Every flag is also a "
-        "key of the convert config (--config FILE, dotted overrides); a flag given here wins over the file.",
-        add_help=False,
-        argument_default=argparse.SUPPRESS,
+        "rerun) or as one native demo HDF5 file. OUT is never replaced without --overwrite.",
     )
     convert.add_argument(
         "source", nargs="?", help="demo file, DROID episode folder, LeRobot dataset, or a directory of them"
@@ -88,31 +87,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--image-size", type=int, help="resize frames to a square of this size (default: as stored)")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT once the new output is complete")
     convert.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_config_option(convert, "voltron.datasets.cli:ConvertConfig")
     convert.set_defaults(func=run_convert)
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from voltron.config import flag_overrides, parse_config
     from voltron.datasets.lerobot import convert_main
-    from voltron.errors import UserError
 
-    flags = flag_overrides(args, [f.name for f in dataclasses.fields(ConvertConfig)])
-    config = parse_config(ConvertConfig, args.config, flags + args.overrides, prog="voltron demos convert")
-    for key in ("source", "out", "to"):
-        if not getattr(config, key):
-            raise UserError("is required", source=args.config or "command line", key=key,
-                            expected=f"{key.upper() if key != 'to' else '--to'} or {key}: in --config")  # fmt: skip
+    config = command_config(ConvertConfig, args, "voltron demos convert", ("source", "out", "to"))
     return convert_main(argparse.Namespace(**dataclasses.asdict(config), no_progress=not config.progress))
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
-    from voltron.config import flag_overrides, parse_config
     from voltron.datasets.corpus import ManifestError
     from voltron.datasets.preprocess import PreprocessConfig, PreprocessError, preprocess
 
-    flags = flag_overrides(args, [f.name for f in dataclasses.fields(PreprocessConfig)])
-    config = parse_config(PreprocessConfig, args.config, flags + args.overrides, prog="voltron preprocess")
+    config = command_config(PreprocessConfig, args, "voltron preprocess")
     try:
         result = preprocess(config)
     except (ManifestError, PreprocessError, OSError) as err:  # OSError: unreadable files, unknown tokenizer

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from voltron.config import add_config_option
+from voltron.config import command_config, config_command
 
 
 @dataclass
@@ -45,30 +45,21 @@ class CorpusConfig:
     progress: bool = True
 
 
-def _resolve(config_class: type, args: argparse.Namespace, prog: str, required: tuple[str, ...]) -> argparse.Namespace:
-    """The command's config (defaults, --config, flags given, dotted overrides) as the namespace its handler reads."""
-    from voltron.config import flag_overrides, parse_config
-    from voltron.errors import UserError
-
-    flags = flag_overrides(args, [f.name for f in dataclasses.fields(config_class)])
-    config = parse_config(config_class, args.config, flags + args.overrides, prog=prog)
-    for key in required:
-        if not getattr(config, key):
-            raise UserError("is required", source=args.config or "command line", key=key,
-                            expected=f"--{key.replace('_', '-')} or {key}: in --config")  # fmt: skip
+def _as_namespace(config) -> argparse.Namespace:
+    """The resolved config as the namespace the handlers read (they take `no_progress`)."""
     return argparse.Namespace(**dataclasses.asdict(config), no_progress=not config.progress)
 
 
 def _collect(args: argparse.Namespace) -> int:
     from voltron.sim.collect import main
 
-    return main(_resolve(CollectConfig, args, "voltron sim collect", ("task", "out")))
+    return main(_as_namespace(command_config(CollectConfig, args, "voltron sim collect", ("task", "out"))))
 
 
 def _make_corpus(args: argparse.Namespace) -> int:
     from voltron.sim.corpus import main
 
-    return main(_resolve(CorpusConfig, args, "voltron sim make-corpus", ("out",)))
+    return main(_as_namespace(command_config(CorpusConfig, args, "voltron sim make-corpus", ("out",))))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,14 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim.set_defaults(func=lambda _args: sim.print_help() or 2)
     commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
 
-    collect = commands.add_parser(
-        "collect",
+    collect = config_command(
+        commands, "collect", "voltron.sim.cli:CollectConfig",
         help="roll out MetaWorld's scripted expert and write the successful episodes as demo HDF5",
         description="Roll out MetaWorld's scripted expert on one task; only successful episodes are written "
         "(robomimic-style HDF5, written atomically), and the expert's success rate is reported.",
-        add_help=False,
-        argument_default=argparse.SUPPRESS,
-    )
+    )  # fmt: skip
     collect.add_argument("--task", help="task name, e.g. drawer-open (an unknown name lists them all)")
     collect.add_argument("--episodes", type=int, help="successful episodes to write (default 25)")
     collect.add_argument("--out", help="output .hdf5 path, e.g. demos/drawer-open.hdf5")
@@ -107,21 +96,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hdf5 (one file) or lerobot (a v3.0 dataset folder)",
     )
     collect.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_config_option(collect, "voltron.sim.cli:CollectConfig")
     collect.set_defaults(func=_collect)
 
-    corpus = commands.add_parser(
-        "make-corpus",
+    corpus = config_command(
+        commands, "make-corpus", "voltron.sim.cli:CorpusConfig",
         help="render scripted-expert clips of the 45 non-evaluation tasks in the Something-Something-v2 layout",
         description="Render scripted-expert clips into DIR/videos/<id>.webm (VP9, 12 fps, 240 px high) with "
         "DIR/labels/{train,validation,labels}.json. Rerunning skips clips already written.",
-        add_help=False,
-        argument_default=argparse.SUPPRESS,
-    )
+    )  # fmt: skip
     corpus.add_argument("--out", help="output directory")
     corpus.add_argument("--tasks", help="how many corpus tasks (1-45, default 45), or comma-separated task names")
     corpus.add_argument("--clips-per-task", type=int, help="clips per task (default 10)")
     corpus.add_argument("--seed", type=int, help="corpus seed: placements, cameras, noise, captions")
     corpus.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_config_option(corpus, "voltron.sim.cli:CorpusConfig")
     corpus.set_defaults(func=_make_corpus)

@@ -325,7 +325,8 @@ def test_vector_env_reports_a_killed_worker_without_hanging():
 # -- CLI ---------------------------------------------------------------------------------------------------------
 def test_cli_registers_sim_commands(tmp_path):
     from voltron.cli import build_parser
-    from voltron.sim.cli import CollectConfig, CorpusConfig, _resolve
+    from voltron.config import command_config
+    from voltron.sim.cli import CollectConfig, CorpusConfig
 
     parser = build_parser()
     (tmp_path / "collect.yaml").write_text("seed: 5\nimage_size: 64\n")
@@ -334,9 +335,9 @@ def test_cli_registers_sim_commands(tmp_path):
     )
     args = parser.parse_args(command.split())
     args.overrides = ["--episodes=7"]  # what voltron.cli.main hands over from `--episodes=7` or `episodes=7`
-    resolved = _resolve(CollectConfig, args, "voltron sim collect", ("task", "out"))
+    resolved = command_config(CollectConfig, args, "voltron sim collect", ("task", "out"))
     assert (resolved.episodes, resolved.action_noise, resolved.seed) == (7, 0.1, 3)  # the flag wins over the file
-    assert resolved.image_size == 64 and not resolved.no_progress and callable(args.func)
+    assert resolved.image_size == 64 and resolved.progress and callable(args.func)
     args = parser.parse_args(["sim", "make-corpus", "--out", "corpus"])
-    resolved = _resolve(CorpusConfig, args, "voltron sim make-corpus", ("out",))
+    resolved = command_config(CorpusConfig, args, "voltron sim make-corpus", ("out",))
     assert resolved.tasks == "45" and resolved.clips_per_task == 10 and callable(args.func)

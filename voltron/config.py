@@ -290,3 +290,29 @@ def flag_overrides(args: argparse.Namespace, flags: dict[str, str] | list[str]) 
         text = json.dumps(value) if isinstance(value, bool | list | tuple) else str(value)
         out.append(f"--{key}={text}")
     return out
+
+
+def config_command(
+    subparsers: argparse._SubParsersAction, name: str, config_class: str, *, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose flags are keys of `config_class` ("module:Class"): flags default to absent (so a flag given
+    wins over the --config file and an absent one leaves it), and it takes --config, dotted overrides and -h."""
+    parser = subparsers.add_parser(
+        name, help=help, add_help=False, argument_default=argparse.SUPPRESS,
+        description=f"{description} Every flag is also a key of the config (--config FILE, dotted overrides); a "
+        "flag given here wins over the file.",
+    )  # fmt: skip
+    add_config_option(parser, config_class)
+    return parser
+
+
+def command_config(config_class: type[Config], args: argparse.Namespace, prog: str, required: tuple[str, ...] = ()):
+    """The config of a `config_command`: defaults, `--config`, the flags given, then the dotted overrides; each key
+    in `required` must be set by one of them (a one-line UserError names it otherwise)."""
+    flags = flag_overrides(args, [f.name for f in dataclasses.fields(config_class)])
+    config = parse_config(config_class, args.config, flags + args.overrides, prog=prog)
+    for key in required:
+        if not getattr(config, key):
+            raise UserError("is required", source=args.config or "command line", key=key,
+                            expected=f"--{key.replace('_', '-')} or {key}: in --config")  # fmt: skip
+    return config

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from voltron.config import add_config_option
+from voltron.config import add_config_option, command_config, config_command
 from voltron.models.inference_options import add_inference_arguments
 from voltron.policy.evaluate import EVAL_SEED_OFFSET
 
@@ -34,10 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_option(train, "voltron.policy.config:BCConfig", " (configs/policy/*.yaml)")
     train.set_defaults(func=run_train)
 
-    ev = subparsers.add_parser(
-        "eval", help="evaluate a policy on a MuJoCo task", add_help=False, argument_default=argparse.SUPPRESS,
-        description="Every flag is also a key of the eval config (--config FILE, dotted overrides); a flag given "
-        "here wins over the file.",
+    ev = config_command(
+        subparsers, "eval", "voltron.policy.config:EvalConfig", help="evaluate a policy on a MuJoCo task",
+        description="Evaluate a policy on unseen seeds of one task (configs/eval/*.yaml).",
     )  # fmt: skip
     ev.add_argument("--policy", help="policy run directory (what train-policy wrote); required")
     ev.add_argument("--task", help="task name, e.g. drawer-open; required")
@@ -55,14 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inference_arguments(ev, "the results' settings")
     ev.set_defaults(precision=argparse.SUPPRESS, inference_backend=argparse.SUPPRESS)  # the config's, unless given
     ev.add_argument("--no-progress", dest="progress", action="store_false")
-    add_config_option(ev, "voltron.policy.config:EvalConfig", " (configs/eval/*.yaml)")
     ev.set_defaults(func=run_eval)
 
-    suite = subparsers.add_parser(
-        "eval-suite", help="collect demos, train and evaluate policies over a task suite", add_help=False,
-        argument_default=argparse.SUPPRESS,
-        description="Every flag is also a key of the suite config (--config FILE, dotted overrides such as "
-        "--train_overrides='[--train.batch_size=64]'); a flag given here wins over the file.",
+    suite = config_command(
+        subparsers, "eval-suite", "voltron.policy.suite:SuiteOptions",
+        help="collect demos, train and evaluate policies over a task suite",
+        description="Demos, policies and evaluations for every encoder row, task and seed, with the reference rows "
+        "(configs/eval/suite-small.yaml; e.g. --train_overrides='[--train.batch_size=64]').",
     )  # fmt: skip
     suite.add_argument("--suite", help="task suite (metaworld5: the five CortexBench tasks)")
     suite.add_argument("--encoder", action="append", help="encoder id or run dir (repeatable)")
@@ -80,7 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suite.add_argument("--camera", help="camera (default: the suite's, corner3 for metaworld5)")
     suite.add_argument("--no-references", dest="references", action="store_false", help="skip the reference rows")
     suite.add_argument("--no-progress", dest="progress", action="store_false")
-    add_config_option(suite, "voltron.policy.suite:SuiteOptions", " (configs/eval/*.yaml)")
     suite.set_defaults(func=run_suite)
 
     policy = subparsers.add_parser("policy", help="policy folders: export one to run elsewhere (e.g. on a robot)")
@@ -119,12 +116,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from voltron.config import RESOLVED_CONFIG, flag_overrides, save_config
-    from voltron.policy.config import EvalConfig, load_eval_config
+    from voltron.config import RESOLVED_CONFIG, save_config
+    from voltron.policy.config import EvalConfig
     from voltron.policy.evaluate import evaluate
 
-    flags = [f.name for f in dataclasses.fields(EvalConfig)]  # every eval flag sets the config key of its name
-    config = load_eval_config(args.config, flag_overrides(args, flags) + args.overrides)
+    config = command_config(EvalConfig, args, "voltron eval", ("policy", "task"))
     result = evaluate(
         config.policy, config.task, config.episodes, config.seed, config.num_envs, config.horizon, config.out,
         config.videos, progress=config.progress, checkpoint=config.checkpoint,

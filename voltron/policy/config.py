@@ -117,16 +117,3 @@ class EvalConfig:
     precision: str = "fp32"  # encoder inference precision: fp32, bf16, int8 or auto (voltron.models.inference)
     inference_backend: str = "eager"  # eager, compile, onnxruntime or auto
     progress: bool = True
-
-
-def load_eval_config(path: str | None = None, overrides: list[str] | None = None) -> EvalConfig:
-    """Defaults, then the YAML at `path`, then dotted overrides; `policy` and `task` must be set somewhere."""
-    from voltron.errors import UserError
-
-    config = parse_config(EvalConfig, path, overrides, prog="voltron eval")
-    for key in ("policy", "task"):
-        if not getattr(config, key):
-            raise UserError(
-                "is required", source=path or "command line", key=key, expected=f"--{key} or {key}: in --config"
-            )
-    return config
