@@ -239,6 +239,7 @@ def test_preprocess_refuses_0_255_floats():
     preprocess((frames * 1.005).clamp(max=1.005))  # resampling overshoot within the tolerance is fine
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_pretrain_names_the_offline_language_model_before_loading_anything(workspace, tmp_path):
     """The README's paper config on a fresh install: distilbert-base-uncased is not on disk, and nothing is
     downloaded, so the run stops at once and says what to pass instead."""

@@ -32,7 +32,7 @@ FAST_PATHS = [
     for precision in precisions
     if (precision, backend) != ("fp32", "eager")
     # torch.compile costs ~40 s per graph on 2 cores: its runs are slow tests
-    for _marks in [[pytest.mark.slow] if backend == "compile" else []]
+    for _marks in [[pytest.mark.slow] if backend in ("compile", "onnxruntime") else []]
 ]
 
 
@@ -69,6 +69,7 @@ def policy_and_obs(tiny_policy, sim_demos):
     return policy, obs
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_auto_never_picks_bf16_without_native_bf16(encoder):
     assert all(spec.precision != "bf16" for spec in auto_candidates("cpu", bf16=False))
     for bf16 in (False, True):  # a path measured past ACTION_TOL on a V-Cond-small policy is never a default
@@ -109,6 +110,7 @@ def test_each_installed_backend_keeps_the_encoder_contract(encoder, spec):
 
 
 @pytest.mark.parametrize("spec", FAST_PATHS)
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_policy_actions_stay_within_tolerance(policy_and_obs, spec):
     skip_unless_installed(spec)
     policy, obs = policy_and_obs

@@ -173,6 +173,7 @@ def test_dls_step_moves_the_hand_towards_a_pose(model):
     assert before > 0.1 and after < 1e-3
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_slide_door_expert_succeeds_within_the_horizon():
     from voltron.sim.experts import make_expert, rollout
 
@@ -187,6 +188,7 @@ def test_slide_door_expert_succeeds_within_the_horizon():
         env.close()
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_collected_demos_hold_both_views(tmp_path):
     from voltron.datasets.demos import DemoFile
     from voltron.sim.collect import collect
@@ -224,6 +226,7 @@ def test_kitchen_suite_reports_each_view_and_their_mean(tmp_path):
     assert cameras == {"left_cap2", "right_cap2"}
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_collection_gives_up_on_an_expert_that_never_succeeds(tmp_path, monkeypatch):
     from voltron.sim import collect as collect_module
 

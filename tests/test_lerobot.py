@@ -381,6 +381,7 @@ def peer_dataset(tmp_path_factory):
     return work / "ds", dict(np.load(work / "dump.npz")), json.loads((work / "dump.json").read_text())
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_our_reader_matches_lerobots_reader_on_a_lerobot_written_dataset(peer_dataset):
     root, dump, meta = peer_dataset
     assert (
@@ -401,6 +402,7 @@ def test_our_reader_matches_lerobots_reader_on_a_lerobot_written_dataset(peer_da
     np.testing.assert_array_equal(picked.actions, dump["action"][dump["episode_index"] == 2])
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_lerobot_loads_our_dataset_and_lerobot_doctor_passes_it(peer_dataset, tmp_path):
     root, peer_dump, peer_meta = peer_dataset
     episodes = load_episodes(root)

@@ -108,6 +108,7 @@ def test_load_policy_rejects_an_encoder_checkpoint(tmp_path):
         load_policy(tmp_path)
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_eval_writes_every_output(tiny_policy, tmp_path):
     from voltron.datasets.video import load_decord
     from voltron.policy.evaluate import evaluate
@@ -131,6 +132,7 @@ def test_eval_writes_every_output(tiny_policy, tmp_path):
     assert len(video) == result.per_episode[0]["length"] or len(video) == 12
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_vectorised_eval_matches_the_serial_one(tiny_policy, tmp_path):
     from voltron.policy.evaluate import run_episodes
 
@@ -180,6 +182,7 @@ def test_train_policy_cli_takes_dotted_overrides(sim_demos, tmp_path):
     assert missing.returncode == 2 and "none.hdf5" in missing.stderr
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_fine_tuning_trains_the_encoder_with_its_own_lr_and_stores_it(sim_demos, tmp_path, bc_config):
     config = bc_config("--policy.freeze_encoder=false", "--train.encoder_lr=1e-3", "--train.batch_size=8", steps=3)
     with warnings.catch_warnings():
@@ -197,6 +200,7 @@ def test_fine_tuning_trains_the_encoder_with_its_own_lr_and_stores_it(sim_demos,
     assert not policy.training  # loaded policies come back in eval mode
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_eval_mode_matches_what_training_optimised(sim_demos, tmp_path, bc_config):
     """The head's BatchNorm statistics come from the final extractor: the deployed (eval-mode) policy's loss on
     its own training windows is close to the train-mode loss, even with a trainable MAP extractor in front of the

@@ -223,7 +223,9 @@ def test_cli_lists_config_keys(capsys):
     assert main(["pretrain", "--config", "no/such/file.yaml"]) == 2
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))  # every registered objective, r-r3m-rn50 included
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=[pytest.mark.slow] if f == "r-r3m-rn50" else []) for f in sorted(FAMILIES)]
+)  # every registered objective; ResNet-50 is a slow one
 def test_each_objective_learns_a_repeated_batch(family, store):
     # 32 px keeps the ViTs fast; a family that sets its own tiny size keeps it (R-R3M's ResNet-50: 64 px, since at 32 px
     # its last feature map is 1x1 and the time-contrastive term sits saturated at -log(eps) from the first step)

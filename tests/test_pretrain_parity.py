@@ -119,7 +119,9 @@ GOLDEN_AFTER_STEPS: dict[str, tuple[float, float, float]] = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=[pytest.mark.slow] if f == "r-r3m-rn50" else []) for f in sorted(FAMILIES)]
+)
 def test_loss_after_seeded_steps_matches_golden_values(family):
     """The whole step (loss, backward, AdamW with the decay rule) cannot drift unnoticed either."""
     from voltron.pretrain.optim import build_optimizer

@@ -33,6 +33,7 @@ def voltron_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_models_command_lists_every_model_with_its_contract():
     import voltron
 

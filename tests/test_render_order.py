@@ -77,6 +77,7 @@ def run_steps(steps: list[str], cwd) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 @pytest.mark.parametrize("case", list(CASES))
 def test_render_import_compile_orders_do_not_crash(case, tmp_path):
     if os.environ.get("MUJOCO_GL") is None:

@@ -109,6 +109,7 @@ def test_resets_are_seeded_and_renderers_do_not_interfere(make_env):
     np.testing.assert_array_equal(trajectories[0], trajectories[1])
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_coarse_meshes_change_frames_slightly_and_physics_not_at_all(make_env):
     # The expert's trajectory with coarsened meshes equals the one with full meshes state for state (physics never
     # reads the face lists), while the frames keep the scene: under 2/255 mean difference, far fewer triangles.
@@ -186,6 +187,7 @@ def test_scripted_expert_succeeds(make_env, task):
     assert record.successes[-1] and len(record) < 300
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_collect_writes_demos_the_reader_loads(tmp_path):
     from voltron.sim.collect import collect
 
@@ -238,6 +240,7 @@ def test_killed_collection_leaves_no_file(tmp_path):
 
 
 # -- the sim-made corpus -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_make_corpus_writes_sth_sth_layout_and_resumes(tmp_path):
     from voltron.cli import main
     from voltron.datasets.video import load_decord
@@ -288,6 +291,7 @@ def test_corpus_plan_is_deterministic_and_refuses_eval_tasks(tmp_path):
 
 
 # -- vectorised rollouts -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_vector_env_steps_in_lockstep_and_reports_worker_errors():
     with VectorSimEnv.from_task("button-press-topdown", 2, image_size=32, horizon=3) as venv:
         obs, info = venv.reset(seed=0)
@@ -310,6 +314,7 @@ def test_vector_env_steps_in_lockstep_and_reports_worker_errors():
         assert venv.closed and not any(p.is_alive() for p in venv._processes)
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_vector_env_reports_a_killed_worker_without_hanging():
     with VectorSimEnv.from_task("reach", 2, image_size=32, vector_kwargs={"step_timeout_s": 30}) as venv:
         venv.reset(seed=0)
