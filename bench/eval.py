@@ -6,7 +6,8 @@ Measures, with a randomly initialised encoder (throughput does not depend on the
 - the simulator alone: env steps/s with rendering at the protocol's size (one env, in process);
 - the encoder: ms per frame at the rollout's batch (num_envs frames), and ms per frame filling the BC token cache;
 - the head (extractor + MLP) per action, and one BC training step (MAP extractor on cached tokens);
-- policy-in-the-loop env steps/s with N vectorised envs against one env stepped serially (the ratio).
+- policy-in-the-loop env steps/s with N vectorised envs against one env stepped serially (the ratio), and with the
+  policy on the cores the render workers leave (the default) against every core (the ratio);
 Then prices the default protocol of `voltron eval-suite` (its SuiteOptions defaults) from those measurements: a
 projection, labelled as such, with the worst case where every episode runs to the 500-step horizon and a typical
 case at the given mean episode length.
@@ -57,7 +58,7 @@ def main() -> None:
 
     import torch
 
-    from voltron.policy.evaluate import run_episodes
+    from voltron.policy.evaluate import policy_threads, run_episodes
     from voltron.sim.env import SimEnv
 
     warnings.simplefilter("ignore")
@@ -120,6 +121,22 @@ def main() -> None:
     base = min(rates)
     for num_envs, rate in rates.items():
         print(f"ratio {num_envs} envs vs {base}: {rate / rates[base]:.2f}x")
+    workers = max(args.num_envs)
+    auto, every = policy_threads(workers, torch.get_num_threads()), torch.get_num_threads()
+    if workers > 1 and auto != every:  # the policy's thread count beside the render workers, alternated A B A B
+        thread_rates: dict[int, list[float]] = {auto: [], every: []}
+        for _ in range(2):
+            for threads in (every, auto):
+                _, _, seconds, steps = run_episodes(
+                    policy, args.task, max(args.episodes, workers), seed=100_000, num_envs=workers,
+                    horizon=args.horizon, image_size=args.image_size, progress=False, threads=threads,
+                )  # fmt: skip
+                thread_rates[threads].append(steps / seconds)
+        auto_rate, every_rate = np.mean(thread_rates[auto]), np.mean(thread_rates[every])
+        print(
+            f"policy threads beside {workers} render workers: {auto} (the default) {auto_rate:.1f} env steps/s vs "
+            f"{every} (every core) {every_rate:.1f}: {auto_rate / every_rate:.2f}x"
+        )
 
     from voltron.policy.suite import SuiteOptions
 

@@ -147,8 +147,12 @@ def run_episodes(
     progress: bool = True,
     done_rounds: set[int] | None = None,
     on_round: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    threads: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[list[np.ndarray]], float, int]:
     """Run `episodes` episodes (seeds seed, seed+1, ...) with the policy batched across `num_envs` envs.
+
+    The policy runs on `threads` torch threads meanwhile (default `policy_threads`: the cores the render workers
+    leave free).
 
     Episodes run in fixed rounds of `num_envs` (round r holds episodes r*num_envs ...), so a round's results do
     not depend on which other rounds ran: `done_rounds` are skipped (resume), and `on_round(r, records)` is called
@@ -197,10 +201,10 @@ def run_episodes(
         action_dim = vec.action_space.shape[-1]
     start = time.perf_counter()  # rollouts only: worker start-up is not what steps/s measures
     successes_so_far = 0
-    threads = torch.get_num_threads()
+    all_threads = torch.get_num_threads()
     # The workers' renderers keep num_envs cores busy; a policy spreading its ops over every core on top of them
-    # waits at every op's thread barrier for a core (on 2 loaded cores: 1.9 env steps/s with 2 threads, 7.4 with 1).
-    torch.set_num_threads(policy_threads(num_envs, threads))
+    # waits at every op's thread barrier for a core (bench/eval.py: 2.4x env steps/s with 1 thread of 2 here).
+    torch.set_num_threads(threads or policy_threads(num_envs, all_threads))
     try:
         for round_index in rounds:
             ids = list(range(round_index * num_envs, min((round_index + 1) * num_envs, episodes)))
@@ -256,7 +260,7 @@ def run_episodes(
     finally:
         bar.close()
         closer()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(all_threads)
     return records, videos, time.perf_counter() - start, steps_taken
 
 
