@@ -76,6 +76,7 @@ def test_registry_keeps_metaworld_and_adds_the_kitchen():
     assert get_task("drawer-open").family == "metaworld" and get_task("drawer-open").action_dim == 4
 
 
+@pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 @pytest.mark.parametrize("task", sorted(GOALS))
 def test_every_kitchen_env_passes_check_env(task):
     env = make_env(task, image_size=16)
@@ -91,6 +92,7 @@ def test_every_kitchen_env_passes_check_env(task):
         env.close()
 
 
+@pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_gymnasium_ids_and_other_view():
     env = gym.make("voltron/kitchen-micro-open", image_size=16, camera="right_cap2")
     try:
@@ -120,6 +122,7 @@ def test_reset_is_reproducible_and_randomised():
         env.close()
 
 
+@pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_render_images_false_observes_a_blank_frame():
     env = KitchenEnv("kitchen-knob-on", image_size=8, render_images=False)
     try:
@@ -129,6 +132,7 @@ def test_render_images_false_observes_a_blank_frame():
         env.close()
 
 
+@pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_success_needs_the_goal_held_for_more_than_five_steps():
     env = KitchenEnv("kitchen-sdoor-open", image_size=8, render_images=False)
     try:

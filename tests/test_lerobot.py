@@ -435,6 +435,7 @@ def test_lerobot_loads_our_dataset_and_lerobot_doctor_passes_it(peer_dataset, tm
     assert report["codebase_version"] == "v3.0" and failed == []
 
 
+@pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_sim_collect_writes_a_lerobot_dataset(tmp_path):
     from voltron.cli import main
 

@@ -91,6 +91,7 @@ def test_a_swapped_encoder_is_refused_naming_both_digests(referencing_policy, en
         weights.write_bytes(original)
 
 
+@pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_a_bundled_copy_elsewhere_acts_and_evaluates_identically(referencing_policy, encoder_dir, demo_obs, tmp_path):
     from voltron.policy.evaluate import evaluate
 

@@ -44,6 +44,7 @@ def test_models_command_lists_every_model_with_its_contract():
     assert "(B, 2, 3, 224, 224)" in result.stdout and "lang: list[str]" in result.stdout
 
 
+@pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_convert_upstream_reports_a_missing_file(tmp_path):
     result = voltron_cli("convert-upstream", str(tmp_path / "v-cond.pt"), str(tmp_path / "c.json"), str(tmp_path / "o"))
     assert result.returncode != 0
