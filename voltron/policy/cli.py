@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--videos", type=int, help="captioned MP4s of the first N episodes (default 3)")
     ev.add_argument("--out", help="output directory (default: POLICY/eval/TASK)")
     add_inference_arguments(ev, "the results' settings")
-    ev.set_defaults(precision=argparse.SUPPRESS, inference_backend=argparse.SUPPRESS)  # the config's, unless given
+    for action in ev._actions:  # the config's values, unless given (set_defaults(x=SUPPRESS) would store the marker)
+        if action.dest in ("precision", "inference_backend"):
+            action.default = argparse.SUPPRESS
     ev.add_argument("--no-progress", dest="progress", action="store_false")
     ev.set_defaults(func=run_eval)
 
