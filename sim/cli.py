@@ -70,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     collect = config_command(
         commands, "collect", "voltron.sim.cli:CollectConfig",
-        help="roll out MetaWorld's scripted expert and write the successful episodes as demo HDF5",
-        description="Roll out MetaWorld's scripted expert on one task; only successful episodes are written "
+        help="roll out a task's scripted expert (MetaWorld or Franka Kitchen) and write the successful episodes as demo HDF5",
+        description="Roll out the task's scripted expert; only successful episodes are written "
         "(robomimic-style HDF5, written atomically), and the expert's success rate is reported.",
     )  # fmt: skip
     collect.add_argument("--task", help="task name, e.g. drawer-open (an unknown name lists them all)")
@@ -85,7 +85,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--camera", help="camera name (default: the task's, corner)")
     collect.add_argument("--image-size", type=int, help="square image size in pixels (default 224)")
     collect.add_argument("--multisamples", type=int, help="anti-aliasing samples (default 0, fastest)")
-    collect.add_argument("--horizon", type=int, help="max steps per episode (default 500)")
+    collect.add_argument(
+        "--horizon",
+        type=int,
+        help="max steps per episode (default: the task's, 500 for MetaWorld, 100 for the kitchen)",
+    )
     collect.add_argument("--max-attempts", type=int, help="give up after this many (default 4x)")
     collect.add_argument("--post-success-steps", type=int, help="steps kept after first success")
     collect.add_argument("--valid-fraction", type=float, help="share of demos in mask/valid")

@@ -64,7 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Demos, policies and evaluations for every encoder row, task and seed, with the reference rows "
         "(configs/eval/suite-small.yaml; e.g. --train_overrides='[--train.batch_size=64]').",
     )  # fmt: skip
-    suite.add_argument("--suite", help="task suite (metaworld5: the five CortexBench tasks)")
+    suite.add_argument(
+        "--suite",
+        help="task suite: metaworld5 (the five CortexBench tasks) or kitchen5 (R3M's Franka Kitchen, both views)",
+    )
     suite.add_argument("--encoder", action="append", help="encoder id or run dir (repeatable)")
     suite.add_argument("--random-init", action="append", help="encoder id evaluated randomly initialised")
     suite.add_argument("--demos-per-task", type=int, nargs="+", help="a sweep, e.g. 5 10 25 (default 25)")
