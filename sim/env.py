@@ -107,7 +107,7 @@ class SimEnv(gym.Env):
         return self.task.language
 
     def _observe(self, state: np.ndarray) -> dict[str, Any]:
-        self._last_image = self._renderer.render(self._env.data) if self.render_images else self._blank
+        self._last_image = self._renderer.render(self._env.data) if self.render_images else self._blank.copy()
         return {
             "image": self._last_image,
             "proprio": np.asarray(state[: len(self.task.proprio_keys)], dtype=np.float32),

@@ -262,7 +262,7 @@ class KitchenEnv(gym.Env):
 
     # -- Gymnasium API --------------------------------------------------------------------------------------------
     def _observe(self) -> dict[str, Any]:
-        self._last_image = self._renderer.render(self.data) if self.render_images else self._blank
+        self._last_image = self._renderer.render(self.data) if self.render_images else self._blank.copy()
         return {
             "image": self._last_image,
             "proprio": self.data.qpos[:N_ROBOT].astype(np.float32),
