@@ -318,3 +318,37 @@ def test_unreachable_language_model_suggests_a_local_path_or_minilm():
     with pytest.raises(OSError, match="local directory.*'minilm'"):
         load_tokenizer("distilbert-base-uncased-not-cached")
     assert time.perf_counter() - start < 10, "an offline machine must fail at once, not retry the hub"
+
+
+def test_map_folds_its_input_projection_exactly():
+    """MAPAttention folds the token projection and key weights into the queries; the result and every parameter
+    gradient equal the textbook form (project every token, then attend) to float rounding."""
+    import torch.nn.functional as F
+
+    from voltron.models.extractors import MAPBlock
+
+    torch.manual_seed(0)
+    block = MAPBlock(48, 4, n_latents=2)
+    tokens, mask = torch.randn(3, 10, 48), torch.ones(3, 10)
+    mask[1, 6:] = 0
+
+    def textbook() -> torch.Tensor:
+        attn, (batch, length, dim) = block.attn, tokens.shape
+        x = block.projection(tokens)
+        z = block.latents.unsqueeze(0).expand(batch, -1, -1)
+        q = attn.q(z).view(batch, 2, 4, -1).transpose(1, 2)
+        k, v = attn.kv(x).view(batch, length, 2, 4, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bool()[:, None, None, :])
+        z = block.attn_norm(z + attn.proj(out.transpose(1, 2).reshape(batch, 2, dim)))
+        return block.mlp_norm(z + block.mlp(z))
+
+    results = []
+    for forward in (lambda: block(tokens, mask), textbook):
+        block.zero_grad()
+        out = forward()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in block.named_parameters()}))
+    (folded, folded_grads), (reference, reference_grads) = results
+    assert torch.allclose(folded, reference, atol=1e-5)
+    for name, grad in reference_grads.items():
+        assert torch.allclose(folded_grads[name], grad, atol=1e-5, rtol=1e-4), name
