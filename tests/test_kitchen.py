@@ -228,6 +228,10 @@ def test_kitchen_suite_reports_each_view_and_their_mean(tmp_path):
     assert results["protocol"]["views"] == ["left_cap2", "right_cap2"]
     cameras = {r["settings"]["camera"] for label in views[:2] for r in results["runs"][label]["kitchen-sdoor-open"]}
     assert cameras == {"left_cap2", "right_cap2"}
+    times = results["wall_seconds"]  # where the suite's time went: demos, then BC and rollouts per row
+    assert times["demos"]["collect_s"] > 0 and all(times[label]["train_s"] > 0 for label in views[:2])
+    assert all(times[label]["eval_s"] > 0 for label in [ORACLE, FLOOR, *views[:2]])
+    assert "Wall time" in (tmp_path / "suite" / "results.md").read_text()
 
 
 @pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out

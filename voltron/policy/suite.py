@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +134,8 @@ def ensure_demos(task: str, count: int, out: Path, image_size: int, camera: str,
 
     path = out / "demos" / f"{task}-{count}x{image_size}px-{camera}.hdf5"
     if not path.is_file():
-        collect(task, count, path, seed=0, image_size=image_size, camera=camera, valid_fraction=0.0, progress=progress)
+        with _Timing(path.with_name(f"{path.stem}.timing.json")).stage("collect_s"):
+            collect(task, count, path, seed=0, image_size=image_size, camera=camera, valid_fraction=0.0, progress=progress)  # fmt: skip
     return path
 
 
@@ -148,6 +152,7 @@ def train_and_evaluate(
     from voltron.policy.train import CHECKPOINTS_DIR, train_policy
 
     every = max(1, options.steps // max(1, options.checkpoints))
+    timing = _Timing(run / "timing.json")  # where this policy's wall time went; kept across resumes
     if not (run / "model.safetensors").is_file():
         overrides = [
             f"--policy.encoder={row.encoder}",
@@ -162,7 +167,10 @@ def train_and_evaluate(
         ]
         if row.random_init:  # the architecture at the rendered size (a pretrained encoder keeps its own)
             overrides.append(f"--policy.encoder_overrides={{image_size: {options.image_size}}}")
-        train_policy(load_bc_config(None, overrides), demos, run, progress=options.progress, token_cache=token_cache)
+        with timing.stage("train_s"):
+            train_policy(
+                load_bc_config(None, overrides), demos, run, progress=options.progress, token_cache=token_cache
+            )
     eval_seed = EVAL_SEED_OFFSET + 1000 * seed
     common = dict(num_envs=options.num_envs, horizon=options.horizon, progress=options.progress)
     curve = []
@@ -172,15 +180,49 @@ def train_and_evaluate(
             continue  # the final weights: evaluated below with the full episode count
         out = run / "eval" / path.stem
         episodes = options.checkpoint_episodes or options.episodes
-        result = _load_result(out / "results.json") or evaluate(
-            run, task, episodes, eval_seed, out_dir=out, videos=0, checkpoint=path, **common
-        )
+        result = _load_result(out / "results.json")
+        if result is None:
+            with timing.stage("eval_s"):
+                result = evaluate(run, task, episodes, eval_seed, out_dir=out, videos=0, checkpoint=path, **common)
         curve.append({"step": step, "rate": result.success_rate, "episodes": result.episodes})
-    final = _load_result(run / "eval" / "results.json") or evaluate(
-        run, task, options.episodes, eval_seed, out_dir=run / "eval", videos=2, **common
-    )
+    final = _load_result(run / "eval" / "results.json")
+    if final is None:
+        with timing.stage("eval_s"):
+            final = evaluate(run, task, options.episodes, eval_seed, out_dir=run / "eval", videos=2, **common)
     curve.append({"step": options.steps, "rate": final.success_rate, "episodes": final.episodes})
     return final, curve
+
+
+class _Timing:
+    """Wall seconds per stage of one suite step, accumulated in a JSON file written after each stage (so a
+    resumed suite still reports the time its earlier, killed run spent)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        atomic_write_json(self.path, self.seconds)
+
+
+def wall_times(out: Path, tasks: list[str], labels: list[str]) -> dict[str, dict[str, float]]:
+    """Wall seconds the suite spent, from its timing files: demo collection, and per row BC training and
+    evaluation rollouts (every seed, task and checkpoint)."""
+    demos = [_Timing(path).seconds.get("collect_s", 0.0) for path in (out / "demos").glob("*.timing.json")]
+    times = {"demos": {"collect_s": sum(demos)}}
+    for label in labels:
+        row = {"train_s": 0.0, "eval_s": 0.0}
+        for task in tasks:
+            for path in (out / "policies" / _slug(label) / task).glob("seed*/timing.json"):
+                for key, value in _Timing(path).seconds.items():
+                    row[key] = row.get(key, 0.0) + value
+        times[label] = row
+    times["total_s"] = sum(v for part in times.values() for v in part.values())  # type: ignore[union-attr]
+    return times
 
 
 def aggregate(results: list[EvalResult], curves: list[list[dict[str, Any]]] | None = None) -> dict[str, float]:
@@ -294,16 +336,18 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     table = SuiteTable(tasks, table_rows, broken, margins, skipped)
     protocol = {**asdict(options), "camera": camera, "views": list(views), "tasks": tasks, "oracle_min": ORACLE_MIN}
     runs = {label: {t: [asdict(r) for r in rs] for t, rs in by_task.items()} for label, by_task in results.items()}
+    times = wall_times(out, tasks, [labels[key] for key in labels if key[2] != "mean"])
     atomic_write_json(
         out / "results.json",
         {
             "protocol": protocol, "code_version": code_version(), "tasks": tasks, "row_order": list(table_rows),
             "rows": table_rows,
             "broken_tasks": broken, "skipped_tasks": skipped, "margins_vs_proprio_only": margins, "curves": curves,
-            "runs": runs,
+            "runs": runs, "wall_seconds": times,
         },
     )  # fmt: skip
-    atomic_write_bytes(out / "results.md", (protocol_note(protocol) + "\n\n" + table.markdown() + "\n").encode())
+    note = protocol_note(protocol) + "\n\n" + table.markdown() + "\n\n" + wall_time_note(times) + "\n"
+    atomic_write_bytes(out / "results.md", note.encode())
     plot_suite(table, out / "success.png")
     plot_curves(curves, out / "learning_curve.png")
     return table
@@ -332,6 +376,16 @@ def protocol_note(protocol: dict[str, Any]) -> str:
         f"Cells: final checkpoint's success, pooled over seeds (95% Wilson interval). Best ckpt: R3M's max over "
         f"{protocol['checkpoints']} evaluations during training ({episodes} episodes each), mean over tasks and seeds."
     )
+
+
+def wall_time_note(times: dict[str, Any]) -> str:
+    parts = [f"demos {times['demos']['collect_s'] / 60:.1f}"]
+    parts += [
+        f"{label}: BC {row['train_s'] / 60:.1f} + rollouts {row['eval_s'] / 60:.1f}"
+        for label, row in times.items()
+        if label not in ("demos", "total_s")
+    ]
+    return f"Wall time (min, summed over the runs that did the work): {'; '.join(parts)}; total {times['total_s'] / 60:.1f}."
 
 
 def _slug(label: str) -> str:
