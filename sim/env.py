@@ -35,33 +35,16 @@ def task_spaces(task: TaskSpec, image_shape: tuple[int, int]) -> tuple[spaces.Bo
     return action_space, observation_space
 
 
-class SimEnv(gym.Env):
-    """A MetaWorld task as a Gymnasium env with observations {"image", "proprio", "language"} (for a Franka Kitchen
-    task, `SimEnv(task)` builds a `voltron.sim.kitchen.KitchenEnv` instead).
+class TaskEnv(gym.Env):
+    """What every task env shares (`SimEnv` for MetaWorld, `voltron.sim.kitchen.KitchenEnv` for Franka Kitchen):
+    the constructor's options, the spaces (`task_spaces`), the blank frame for `render_images=False` and the
+    offscreen renderer's settings. Subclasses build their MuJoCo model after calling this `__init__`.
 
-    - `image`: (H, W, 3) uint8 from the task's camera (default `corner`, 224x224), upright (see FLIPPED_CAMERAS).
-    - `proprio`: (4,) float32, hand xyz in metres and gripper opening in [0, 1].
-    - `language`: the task instruction, e.g. "open the drawer".
-
-    Actions are (4,) float32 in [-1, 1]: hand dx, dy, dz (scaled by 1 cm per unit) and gripper effort (+1 closes).
-    `multisamples` is the renderer's anti-aliasing (0, the default, is fastest; see OffscreenRenderer).
-    `info["success"]` is MetaWorld's success flag as a bool, `info["state"]` the 39-d MetaWorld state (what the
-    scripted experts read). Episodes are truncated after `horizon` steps (default 500), and terminated on success
-    only if `terminate_on_success`. `reset(seed=s)` always gives the same scene for the same `s`.
-    `render_images=False` renders nothing and observes a blank frame of the same shape (for low-dim policies).
+    `camera` defaults to the task's, `horizon` to the task's (steps), `image_size` is an int or (H, W);
+    `multisamples` is the renderer's anti-aliasing (0, the default, is fastest; see OffscreenRenderer);
+    `render_images=False` renders nothing and observes a blank frame of the same shape (for low-dim policies);
     `mesh_cell` coarsens the meshes for drawing (metres; 0 draws the full meshes; physics is unaffected).
     """
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # MetaWorld steps at 80 Hz (5 x 2.5 ms)
-
-    def __new__(cls, task: str | TaskSpec | None = None, *args: Any, **kwargs: Any) -> gym.Env:
-        # SimEnv(task) builds the env class of the task's family (ENV_CLASSES), so every caller that names SimEnv
-        # (evaluation, vector envs, collection) runs the Franka Kitchen tasks too; Python then skips __init__ here.
-        # (No task: unpickling or copying, which call __new__ bare.)
-        env_cls = SimEnv if task is None else env_class(task)
-        if cls is SimEnv and env_cls is not SimEnv:
-            return env_cls(task, *args, **kwargs)
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -88,23 +71,57 @@ class SimEnv(gym.Env):
         # (the arm's 67k mesh faces), a physics step under 1 ms.
         self.render_images = render_images
         self._blank = np.zeros((*self.image_shape, 3), dtype=np.uint8)
-        self._env = self.task.metaworld_env(horizon=self.horizon)
-        self._renderer = OffscreenRenderer(
-            self._env.model,
-            height=self.image_shape[0],
-            width=self.image_shape[1],
-            camera=self.camera,
-            multisamples=multisamples,
-            mesh_cell=mesh_cell,
-        )
         self.mesh_cell = mesh_cell
         self.action_space, self.observation_space = task_spaces(self.task, self.image_shape)
         self._steps = 0
         self._last_image: np.ndarray | None = None
 
+    def make_renderer(self, model: Any) -> OffscreenRenderer:
+        """The one renderer this env reuses for `model` (a mujoco.MjModel), at the env's camera and image size."""
+        return OffscreenRenderer(
+            model,
+            height=self.image_shape[0],
+            width=self.image_shape[1],
+            camera=self.camera,
+            multisamples=self.multisamples,
+            mesh_cell=self.mesh_cell,
+        )
+
     @property
     def language(self) -> str:
         return self.task.language
+
+
+class SimEnv(TaskEnv):
+    """A MetaWorld task as a Gymnasium env with observations {"image", "proprio", "language"} (for a Franka Kitchen
+    task, `SimEnv(task)` builds a `voltron.sim.kitchen.KitchenEnv` instead).
+
+    - `image`: (H, W, 3) uint8 from the task's camera (default `corner`, 224x224), upright (see FLIPPED_CAMERAS).
+    - `proprio`: (4,) float32, hand xyz in metres and gripper opening in [0, 1].
+    - `language`: the task instruction, e.g. "open the drawer".
+
+    Actions are (4,) float32 in [-1, 1]: hand dx, dy, dz (scaled by 1 cm per unit) and gripper effort (+1 closes).
+    `info["success"]` is MetaWorld's success flag as a bool, `info["state"]` the 39-d MetaWorld state (what the
+    scripted experts read). Episodes are truncated after `horizon` steps (default 500), and terminated on success
+    only if `terminate_on_success`. `reset(seed=s)` always gives the same scene for the same `s`.
+    The keyword options (camera, image_size, horizon, multisamples, render_images, mesh_cell, ...) are `TaskEnv`'s.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # MetaWorld steps at 80 Hz (5 x 2.5 ms)
+
+    def __new__(cls, task: str | TaskSpec | None = None, *args: Any, **kwargs: Any) -> gym.Env:
+        # SimEnv(task) builds the env class of the task's family (ENV_CLASSES), so every caller that names SimEnv
+        # (evaluation, vector envs, collection) runs the Franka Kitchen tasks too; Python then skips __init__ here.
+        # (No task: unpickling or copying, which call __new__ bare.)
+        env_cls = SimEnv if task is None else env_class(task)
+        if cls is SimEnv and env_cls is not SimEnv:
+            return env_cls(task, *args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, task: str | TaskSpec, **options: Any) -> None:
+        super().__init__(task, **options)  # the options are TaskEnv's
+        self._env = self.task.metaworld_env(horizon=self.horizon)
+        self._renderer = self.make_renderer(self._env.model)
 
     def _observe(self, state: np.ndarray) -> dict[str, Any]:
         self._last_image = self._renderer.render(self._env.data) if self.render_images else self._blank.copy()

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
-from voltron.sim.env import DEFAULT_MESH_CELL, task_spaces
-from voltron.sim.render import OffscreenRenderer, mujoco
+from voltron.sim.env import TaskEnv
+from voltron.sim.render import mujoco
 from voltron.sim.tasks import KITCHEN_HORIZON, TaskSpec, get_task
 
 HORIZON = KITCHEN_HORIZON  # steps per episode (sim/tasks.py says why)
@@ -135,7 +134,7 @@ def joint_range(model: mujoco.MjModel, joint: str) -> tuple[float, float]:
     return float(low), float(high)
 
 
-class KitchenEnv(gym.Env):
+class KitchenEnv(TaskEnv):
     """One Franka Kitchen task as a Gymnasium env with observations {"image", "proprio", "language"}.
 
     - `image`: (H, W, 3) uint8 from `camera` (default `left_cap2`; the other view is `right_cap2`).
@@ -145,8 +144,8 @@ class KitchenEnv(gym.Env):
     Actions are (9,) float32 in [-1, 1]: joint velocities in units of 2*pi rad/s (m/s for the fingers), held for one
     80 ms step. `info["success"]` turns True once the goal has held for more than 5 steps (R3M's rule) and stays
     True; `info["solved"]` is that step's check and `info["state"]` the privileged low-dim state (see `STATE_KEYS`).
-    `render_images=False` renders nothing and observes a blank frame of the same shape. `mesh_cell` coarsens the
-    meshes for drawing only, as for the MetaWorld envs.
+    The keyword options (camera, image_size, horizon, multisamples, render_images, mesh_cell, ...) are `TaskEnv`'s,
+    as for the MetaWorld envs.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12.5}
@@ -163,32 +162,12 @@ class KitchenEnv(gym.Env):
     )
     STATE_DIM = sum(size for _, size in STATE_KEYS)
 
-    def __init__(
-        self,
-        task: str | TaskSpec,
-        *,
-        camera: str | None = None,
-        image_size: int | tuple[int, int] = 224,
-        horizon: int | None = None,
-        multisamples: int = 0,
-        terminate_on_success: bool = False,
-        render_mode: str | None = "rgb_array",
-        render_images: bool = True,
-        mesh_cell: float = DEFAULT_MESH_CELL,
-    ) -> None:
-        self.task = get_task(task)
-        if self.task.name not in GOALS:
-            raise ValueError(f"{self.task.name!r} is not a kitchen task; expected one of {sorted(GOALS)}")
+    def __init__(self, task: str | TaskSpec, **options: Any) -> None:
+        name = get_task(task).name
+        if name not in GOALS:
+            raise ValueError(f"{name!r} is not a kitchen task; expected one of {sorted(GOALS)}")
+        super().__init__(task, **options)  # the options are TaskEnv's
         self.goal = GOALS[self.task.name]
-        shape = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.camera, self.horizon, self.image_shape = (
-            camera or self.task.camera,
-            int(horizon or self.task.horizon),
-            shape,
-        )
-        self.multisamples, self.mesh_cell, self.render_mode = multisamples, mesh_cell, render_mode
-        self.terminate_on_success, self.render_images = terminate_on_success, render_images
-        self._blank = np.zeros((*shape, 3), dtype=np.uint8)
 
         self.model = build_model()
         self.data = mujoco.MjData(self.model)
@@ -206,23 +185,9 @@ class KitchenEnv(gym.Env):
         self._desk_home = model.body_pos[self._desk].copy()
         self.end_effector = model.site("end_effector").id
         self.site = model.site(self.goal.site).id
-        self._renderer = OffscreenRenderer(
-            model,
-            height=self.image_shape[0],
-            width=self.image_shape[1],
-            camera=self.camera,
-            multisamples=multisamples,
-            mesh_cell=mesh_cell,
-        )
-        self.action_space, self.observation_space = task_spaces(self.task, self.image_shape)
-        self._steps = 0
+        self._renderer = self.make_renderer(model)
         self._solved_steps = 0
         self._kettle_start = np.zeros(7)
-        self._last_image: np.ndarray | None = None
-
-    @property
-    def language(self) -> str:
-        return self.task.language
 
     @property
     def desk_offset(self) -> np.ndarray:
