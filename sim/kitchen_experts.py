@@ -45,9 +45,11 @@ GRASP_STEPS = 2
 RELEASE_BACKOFF = 0.06  # metres the hand backs off a handle it lets go of
 INSERT_STEPS = 8  # at most: a handle touched on the way in stops the hand short of the waypoint
 MAX_JOINT_STEP = 0.3  # radians per env step in the joint-space transit
+SPEED_SHARE = 1.0  # of each joint's top speed (servo force limit over damping) the expert asks for
 TRANSIT_DONE = 0.05  # radians: the transit ends when every joint is this close
 LIMIT_MARGIN = 0.3  # radians from a joint limit where the null-space push away from it starts
 LIMIT_GAIN = 0.5
+REST_GAIN = 0.03  # null-space pull towards a rest posture, per step
 MIN_LIMIT_MARGIN = 0.05  # a pre-grasp configuration keeps every joint this share of its range from its limits
 LEAD = {mujoco.mjtJoint.mjJNT_HINGE: 0.3, mujoco.mjtJoint.mjJNT_SLIDE: 0.08}  # how far ahead of the joint to pull
 
@@ -86,6 +88,13 @@ class Script:
     yaw_blend: float = 0.0  # approach yaw: 0 square to the handle's body, 1 along the line from the shoulder
     grip_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)  # world offset of the grip point from the site
     hand_turn: float = 1.0  # share of a hinge's rotation the hand follows (a round bar may turn between the fingers)
+    # Aim the turn this far (rad or m) past the goal: a knob or lever whose goal is its range's end lags the hand by
+    # the grip's slack (0.25 rad on the knob) and would otherwise stop at the edge of the success band.
+    overshoot: float = 0.0
+    lead: float | None = None  # how far ahead of the joint to pull (rad or m), if not `LEAD`'s
+    # While turning, yaw the hand to point along the line from the shoulder (a vertical bar turns between the
+    # fingers, and that yaw keeps the wrist nearest the shoulder: the most reach for a door swinging towards the arm)
+    face_shoulder: bool = False
     depth: float = INSERT_DEPTH  # metres past the site along the approach at the grasp
     # Once the pull has opened the hinge this far (rad), let go and push from inside through these points in the
     # object's frame (the last one is where the hand pushes), for a handle that swings out of the arm's reach.
@@ -94,9 +103,10 @@ class Script:
 
 
 SCRIPTS = {
-    # the knob turns about the approach axis; the gripper is symmetric, and rolled by pi the wrist has room to turn
-    "kitchen-knob-on": Script(roll=-np.pi, depth=-0.012),  # the knob's disc sits 2 cm behind its bar
-    "kitchen-light-on": Script(),
+    # the knob turns about the approach axis; the gripper is symmetric, and rolled by pi the wrist has room to turn;
+    # the knob's disc sits 2 cm behind its bar; the hand leads the knob by 0.6 rad, as the grip's slack takes 0.25
+    "kitchen-knob-on": Script(roll=-np.pi, depth=-0.012, overshoot=0.3, lead=0.6),
+    "kitchen-light-on": Script(overshoot=0.2),
     "kitchen-sdoor-open": Script(),
     # the doors' round bars turn between the fingers, so the hand keeps its orientation and the arm its reach
     # low on the bar: the top is far; past -0.5 rad the handle leaves the arm's reach (1.06 m from the shoulder at
@@ -109,7 +119,7 @@ SCRIPTS = {
         push_from_inside=-0.5,
         inside_waypoints=((0.47, -0.12, -0.12), (0.47, 0.07, -0.12), (0.32, 0.07, -0.12)),
     ),
-    "kitchen-micro-open": Script(grip_offset=(0.0, 0.0, 0.1), hand_turn=0.0, depth=-0.01),  # high, over the kettle
+    "kitchen-micro-open": Script(grip_offset=(0.0, 0.0, 0.1), depth=-0.01, face_shoulder=True),  # high, over the kettle
 }
 SHOULDER = np.array([0.0, 0.0, 2.133])  # the arm's joint-2 axis height above the base at (0, 0, 1.8)
 
@@ -118,18 +128,24 @@ def grasp_orientation(data: mujoco.MjData, body: int, grip: np.ndarray, script: 
     """The hand level with its fingers horizontal across a vertical handle, yawed per `script`, rolled for knobs."""
     body_x = data.xmat[body].reshape(3, 3)[:, 0]
     object_yaw = float(np.arctan2(body_x[1], body_x[0])) if abs(body_x[2]) < 0.9 else 0.0
-    shoulder_yaw = float(np.arctan2(grip[1] - SHOULDER[1], grip[0] - SHOULDER[0])) - np.pi / 2  # 0 facing +y
+    shoulder_yaw = shoulder_bearing(grip) - np.pi / 2  # 0 facing +y
     yaw = object_yaw + script.yaw_blend * (shoulder_yaw - object_yaw)
     roll = rotation(np.array([0.0, 0.0, 1.0]), script.roll)
     return rotation(np.array([0.0, 0.0, 1.0]), yaw) @ HAND_LEVEL @ roll
 
 
+def shoulder_bearing(point: np.ndarray) -> float:
+    """The horizontal direction (rad about world z) from the shoulder to `point`."""
+    return float(np.arctan2(point[1] - SHOULDER[1], point[0] - SHOULDER[0]))
+
+
 def dls_step(
     model: mujoco.MjModel, data: mujoco.MjData, site: int, position: np.ndarray, orientation: np.ndarray,
-    free_pitch: bool, jacobians: tuple[np.ndarray, np.ndarray],
+    free_pitch: bool, jacobians: tuple[np.ndarray, np.ndarray], rest: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(7 joint increments, 6-d error) moving `site` a bounded step towards the pose, by damped least squares, with
-    a null-space push away from joint limits. `free_pitch` ignores rotation about the fingers' axis."""
+    a null-space push away from joint limits (and towards the posture `rest`, if given). `free_pitch` ignores rotation
+    about the fingers' axis."""
     hand_position, hand_orientation = data.site_xpos[site], data.site_xmat[site].reshape(3, 3)
     turn = rotation_error(orientation, hand_orientation)
     if free_pitch:  # a vertical bar sits between the fingers at any pitch about their axis
@@ -144,12 +160,14 @@ def dls_step(
     # Away from joint limits, in the null space: a push that grows within LIMIT_MARGIN of either limit.
     q, low, high = data.qpos[:ARM], model.jnt_range[:ARM, 0], model.jnt_range[:ARM, 1]
     posture = LIMIT_GAIN * (np.maximum(0.0, low + LIMIT_MARGIN - q) - np.maximum(0.0, q - (high - LIMIT_MARGIN)))
+    if rest is not None:  # the redundancy would otherwise drift towards the limits (the microwave at a low desk)
+        posture = posture + REST_GAIN * (rest - q)
     return inverse @ step + (np.eye(ARM) - inverse @ jacobian) @ posture, error
 
 
 def solve_ik(
     model: mujoco.MjModel, data: mujoco.MjData, position: np.ndarray, orientation: np.ndarray, free_pitch: bool,
-    iterations: int = 100,
+    iterations: int = 100, rest: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:  # fmt: skip
     """Kinematic DLS from `data`'s arm configuration (changed in place): (joint angles, remaining pose error)."""
     site = model.site("end_effector").id
@@ -158,7 +176,7 @@ def solve_ik(
     for _ in range(iterations):
         mujoco.mj_kinematics(model, data)
         mujoco.mj_comPos(model, data)
-        increment, error = dls_step(model, data, site, position, orientation, free_pitch, jacobians)
+        increment, error = dls_step(model, data, site, position, orientation, free_pitch, jacobians, rest)
         data.qpos[:ARM] = np.clip(data.qpos[:ARM] + increment, low, high)
     mujoco.mj_kinematics(model, data)
     mujoco.mj_comPos(model, data)
@@ -242,6 +260,10 @@ class KitchenExpert:
         # within the step (first-order response; about half for the big joints), so increments are scaled up by it.
         damping = model.dof_damping[:ARM]
         self.tracking = 1.0 - np.exp(-env.dt * self.kp / np.maximum(damping, 1e-6))
+        # The most a joint moves in one step: its servo's force limit over its damping (0.87 rad/s for the big
+        # joints), less a share for gravity. Asking more saturates some joints and not others, and the hand then
+        # leaves its line (it drifted 5 cm off a light switch while inserting, before this cap).
+        self.max_increment = SPEED_SHARE * env.dt * model.actuator_forcerange[:ARM, 1] / np.maximum(damping, 1e-6)
         self._jacobians = (np.zeros((3, model.nv)), np.zeros((3, model.nv)))
         self._scratch = mujoco.MjData(model)  # for solving IK without touching the env's state
         self.reset(seed)
@@ -265,8 +287,11 @@ class KitchenExpert:
         return data.site_xpos[self.env.end_effector].copy(), data.site_xmat[self.env.end_effector].reshape(3, 3).copy()
 
     # -- control ------------------------------------------------------------------------------------------------
-    def _action(self, increment: np.ndarray, fingers: float) -> np.ndarray:
+    def _action(self, increment: np.ndarray, fingers: float, keep_path: bool = True) -> np.ndarray:
         """Joint increments wanted this step -> the env's action (servo lag and gravity sag compensated)."""
+        over = float(np.max(np.abs(increment) / self.max_increment))
+        if keep_path and over > 1.0:  # every joint within its top speed, all scaled alike so the hand keeps its path
+            increment = increment / over
         increment = increment / self.tracking + self.env.data.qfrc_bias[:ARM] / self.kp
         action = np.zeros(N_ROBOT)
         action[:ARM] = increment / (MAX_JOINT_SPEED * self.env.dt)
@@ -289,13 +314,20 @@ class KitchenExpert:
         local_position, grasp_value, grasp_orientation_ = self._grip
         position = body_position + body_orientation @ local_position
         value = self._joint_value()
-        lead = float(np.clip(self.env.goal.goal - value, -LEAD[self.joint_type], LEAD[self.joint_type]))
+        aim = self.env.goal.goal + self.script.overshoot * np.sign(self.env.goal.goal)
+        most = self.script.lead or LEAD[self.joint_type]
+        lead = float(np.clip(aim - value, -most, most))
         axis = data.xaxis[self.joint]
         if self.joint_type == mujoco.mjtJoint.mjJNT_SLIDE:
             return position + axis * lead, grasp_orientation_
         anchor = data.xanchor[self.joint]
+        position = anchor + rotation(axis, lead) @ (position - anchor)
+        if self.script.face_shoulder:  # a vertical bar turns between the fingers: yaw the wrist towards the arm
+            grip_at_grasp = anchor + rotation(axis, grasp_value - value) @ (position - anchor)
+            turn = rotation(np.array([0.0, 0.0, 1.0]), shoulder_bearing(position) - shoulder_bearing(grip_at_grasp))
+            return position, turn @ grasp_orientation_
         hand_turn = rotation(axis, self.script.hand_turn * (value + lead - grasp_value))
-        return anchor + rotation(axis, lead) @ (position - anchor), hand_turn @ grasp_orientation_
+        return position, hand_turn @ grasp_orientation_
 
     def _step(self) -> np.ndarray:
         """This step's action before noise, advancing the phase when its waypoint is reached."""
@@ -306,12 +338,15 @@ class KitchenExpert:
                 self._scratch.qpos[:ARM] = self.pregrasp
                 mujoco.mj_kinematics(model, self._scratch)
                 position, orientation = pregrasp_pose(self._scratch, self.task.name)
-                self._target, _ = solve_ik(model, self._scratch, position, orientation, self.script.free_pitch, 30)
+                self._target, _ = solve_ik(
+                    model, self._scratch, position, orientation, self.script.free_pitch, 100, self.pregrasp
+                )
                 self._hold = self._scratch.site_xmat[site].reshape(3, 3).copy()  # the pitch that solution chose
             remaining = self._target - data.qpos[:ARM]
             if np.max(np.abs(remaining)) < TRANSIT_DONE:
                 self._advance("insert")
-            return self._action(np.clip(remaining, -MAX_JOINT_STEP, MAX_JOINT_STEP), 1.0)
+            # each joint at its own top speed: the joint-space path's shape does not matter, only its time
+            return self._action(np.clip(remaining, -MAX_JOINT_STEP, MAX_JOINT_STEP), 1.0, keep_path=False)
         fingers = 1.0 if self.phase in ("insert", "release") else -1.0
         script = self.script
         if self.phase == "turn" and script.push_from_inside is not None and self._inside is None:
