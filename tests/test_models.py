@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
 import torch
 
 import voltron
+from voltron.errors import UserError
 from voltron.models.blocks import hashed_uniform, set_attention_impl
-from voltron.models.checkpoints import CheckpointError, convert_upstream
+from voltron.models.checkpoints import CheckpointError, convert_upstream, read_config
 from voltron.models.extractors import EXTRACTORS
 from voltron.models.language import tokenize
-from voltron.models.registry import FAMILIES, build_model
+from voltron.models.registry import FAMILIES, build_model, default_config
 
 CAPTIONS = ["open the drawer", "push the red button down hard"]
 
@@ -269,6 +271,51 @@ def test_malformed_config_names_file_and_position(tmp_path):
     (tmp_path / "config.json").write_text('{"family": "r-mvp",\n "size": }')
     with pytest.raises(CheckpointError, match=r"config.json: malformed model config at line 2, column"):
         voltron.load(tmp_path)
+
+
+# config.json of v-cond-tiny and r-r3m-rn50-tiny as main wrote them while ModelConfig was one flat dataclass of every
+# family's fields (format voltron-encoder/1): each carries the other families' keys at their default or size values.
+FLAT_CONFIGS = {
+    "v-cond-tiny": """{"format": "voltron-encoder/1", "family": "v-cond", "size": "tiny", "image_size": 224,
+        "patch_size": 16, "in_channels": 3, "embed_dim": 96, "depth": 2, "n_heads": 3, "mlp_ratio": 4.0,
+        "decoder_embed_dim": 64, "decoder_depth": 1, "decoder_n_heads": 2, "mask_ratio": 0.75, "language_model": "minilm",
+        "max_lang_len": 20, "lang_cache_size": 0, "legacy_query_mask": false, "gen_ratio": 0.5, "mae_weight": 1.0,
+        "lm_weight": 0.5, "trunk": "vit", "l1_weight": 1e-05, "l2_weight": 1e-05, "tcn_weight": 1.0, "lang_weight": 1.0,
+        "n_negatives": 3, "reward_hidden": 1024, "resize": 224, "crop": 224, "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225]}""",
+    "r-r3m-rn50-tiny": """{"format": "voltron-encoder/1", "family": "r-r3m-rn50", "size": "tiny", "image_size": 64,
+        "patch_size": 16, "in_channels": 3, "embed_dim": 2048, "depth": 0, "n_heads": 16, "mlp_ratio": 4.0,
+        "decoder_embed_dim": 64, "decoder_depth": 1, "decoder_n_heads": 2, "mask_ratio": 0.75, "language_model": "minilm",
+        "max_lang_len": 20, "lang_cache_size": 0, "legacy_query_mask": false, "gen_ratio": 0.5, "mae_weight": 1.0,
+        "lm_weight": 0.5, "trunk": "resnet50", "l1_weight": 1e-05, "l2_weight": 1e-05, "tcn_weight": 1.0,
+        "lang_weight": 1.0, "n_negatives": 3, "reward_hidden": 1024, "resize": 64, "crop": 64, "mean": [0.0, 0.0, 0.0],
+        "std": [0.00392156862745098, 0.00392156862745098, 0.00392156862745098]}""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAT_CONFIGS))
+def test_each_family_owns_its_config_fields_and_flat_files_still_load(name, tmp_path):
+    (tmp_path / "config.json").write_text(FLAT_CONFIGS[name])
+    config = read_config(tmp_path)
+    assert config == default_config(name) and type(config) is FAMILIES[config.family].model_class.config_class
+    foreign = {"v-cond": {"trunk", "reward_hidden", "gen_ratio"}, "r-r3m-rn50": {"mask_ratio", "decoder_depth"}}
+    assert not foreign[config.family] & set(config.to_dict())  # nor are they written again
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value", "owners"),
+    [("v-cond-tiny", "trunk", "resnet50", "r-r3m-vit, r-r3m-rn50"), ("r-r3m-rn50-tiny", "mask_ratio", 0.9, "v-cond")],
+)
+def test_another_familys_key_is_refused_naming_key_and_family(name, key, value, owners, tmp_path):
+    family = name.removesuffix("-tiny")
+    expected = rf"{key}={value!r}: a key of {owners}.*which {family} does not have"
+    with pytest.raises(UserError, match=expected):
+        default_config(name, **{key: value})
+    # an old flat file whose foreign key was set on purpose (not its default) is refused, not silently dropped
+    data = {**json.loads(FLAT_CONFIGS[name]), key: value}
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=rf"config.json: {expected}"):
+        read_config(tmp_path)
 
 
 # === Upstream import ===

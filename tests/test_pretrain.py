@@ -20,6 +20,7 @@ import yaml
 
 import voltron
 from voltron.datasets.loader import open_store
+from voltron.errors import UserError
 from voltron.models.blocks import set_attention_impl
 from voltron.models.language import load_tokenizer
 from voltron.models.registry import FAMILIES, build_model, default_config
@@ -208,6 +209,15 @@ def test_configs_parse_with_paper_hyperparameters_and_dotted_overrides():
         validate(replace(config, train={"strategy": "zero3"}))
     with pytest.raises(PretrainError, match="model.name='v-cond-huge'"):
         validate(replace(config, model={"name": "v-cond-huge"}))
+
+
+def test_a_model_key_of_another_family_is_refused_naming_both():
+    config = load_config(CONFIGS / "r-r3m-vit.yaml", ["--model.mask_ratio=0.5"])  # MAEConfig's, not R3MConfig's
+    with pytest.raises(UserError, match=r"mask_ratio=0.5: a key of v-cond, .*which r-r3m-vit does not have"):
+        default_config(config.model.name, **config.model.config_overrides())
+    config = load_config(CONFIGS / "v-cond.yaml", ["--model.overrides={reward_hidden: 64}"])
+    with pytest.raises(UserError, match=r"reward_hidden=64: a key of r-r3m-vit, r-r3m-rn50, which v-cond does not"):
+        default_config(config.model.name, **config.model.config_overrides())
 
 
 def test_cli_lists_config_keys(capsys):

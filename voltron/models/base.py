@@ -21,7 +21,13 @@ MODES = ("multimodal", "visual")
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model exactly; saved as config.json next to the weights."""
+    """Everything needed to rebuild a model exactly; saved as config.json next to the weights.
+
+    These are the fields every family shares. A family that needs more subclasses this dataclass in its own module
+    (`voltron.models.mae.MAEConfig`, `voltron.models.vgen.VGenConfig`, `voltron.models.r3m.R3MConfig`) and names
+    it as its model class's `config_class`; `voltron.models.registry.model_config_from_dict` reads a config.json
+    into the family's class and refuses another family's keys.
+    """
 
     family: str
     size: str = "small"
@@ -33,28 +39,11 @@ class ModelConfig:
     depth: int = 12
     n_heads: int = 6
     mlp_ratio: float = 4.0
-    # MAE decoder
-    decoder_embed_dim: int = 192
-    decoder_depth: int = 6
-    decoder_n_heads: int = 6
-    mask_ratio: float = 0.75
     # Language
     language_model: str = "minilm"
     max_lang_len: int = 20
     lang_cache_size: int = 0
     legacy_query_mask: bool = False  # upstream's pad mask on query rows; on for imported release weights
-    # V-Gen
-    gen_ratio: float = 0.5
-    mae_weight: float = 1.0
-    lm_weight: float = 0.5
-    # R3M
-    trunk: str = "vit"  # "vit" or "resnet50"
-    l1_weight: float = 1e-5
-    l2_weight: float = 1e-5
-    tcn_weight: float = 1.0
-    lang_weight: float = 1.0
-    n_negatives: int = 3
-    reward_hidden: int = 1024
     # Preprocessing contract: short-side resize, centre crop, then (x/255 - mean) / std
     resize: int = 224
     crop: int = 224
@@ -65,14 +54,21 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
+        """This class's config from JSON values; every key must be one of its fields (see `field_names`)."""
+        known = cls.field_names()
         data = {k: v for k, v in data.items() if not (k == "extra" and v == {})}  # older files: an always-empty field
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown model config keys {unknown}; expected a subset of {sorted(known)}")
+            raise UserError(
+                f"unknown model config keys {unknown}", source=source, expected=f"a subset of {sorted(known)}"
+            )
         if "family" not in data:
-            raise ValueError(f"{source}: model config has no 'family' key")
+            raise UserError("model config has no 'family' key", source=source)
         values = dict(data)
         for f in dataclasses.fields(cls):
             if f.name in values:
@@ -195,6 +191,7 @@ class VoltronModel(nn.Module):
     """
 
     family: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig  # the family's config dataclass: the fields it owns
     n_frames: ClassVar[int] = 1
     sampling_scheme: ClassVar[str] = "state"  # voltron.datasets.sampling.SCHEMES: the examples pretraining feeds it
     uses_language: ClassVar[bool] = False

@@ -13,7 +13,14 @@ import torch
 from voltron.errors import UserError
 from voltron.io import atomic_write_bytes, atomic_write_json
 from voltron.models.base import ModelConfig, VoltronModel
-from voltron.models.registry import available_models, build_model, default_config, parse_model_id
+from voltron.models.registry import (
+    available_models,
+    build_model,
+    config_class,
+    default_config,
+    model_config_from_dict,
+    parse_model_id,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -50,7 +57,8 @@ def save_pretrained(model: VoltronModel, directory: str | os.PathLike) -> Path:
 
 
 def read_config(directory: str | os.PathLike) -> ModelConfig:
-    """The ModelConfig in `directory`/config.json; a policy checkpoint or another format is a one-line UserError."""
+    """The config in `directory`/config.json, as its family's config class; a policy checkpoint or another format
+    is a one-line UserError."""
     path = Path(directory) / CONFIG_NAME
     data = read_json(path, "model config")
     if not isinstance(data, dict):
@@ -64,7 +72,7 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
                 expected=f"an encoder directory; load a policy with voltron.policy.load_policy({str(directory)!r})",
             )
         raise UserError(source=path, key="format", value=found, expected=f"{ENCODER_FORMAT!r} (a voltron encoder)")
-    return ModelConfig.from_dict(data, source=str(path))
+    return model_config_from_dict(data, source=str(path))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -245,7 +253,10 @@ def convert_upstream(
     upstream = read_json(config_json, "upstream model config")
     if not isinstance(upstream, dict):
         raise CheckpointError(f"{config_json}: expected a JSON object of model arguments")
-    overrides = {ours: upstream[theirs] for theirs, ours in UPSTREAM_CONFIG_KEYS.items() if theirs in upstream}
+    own = config_class(parse_model_id(name)[0]).field_names()  # the table maps keys of every upstream model
+    overrides = {
+        ours: upstream[theirs] for theirs, ours in UPSTREAM_CONFIG_KEYS.items() if theirs in upstream and ours in own
+    }
     if language_model:
         overrides["language_model"] = language_model
     config = default_config(name, legacy_query_mask=True, **overrides)

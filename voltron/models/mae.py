@@ -6,6 +6,7 @@ so the trainer, the registry and the tests treat them alike.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,15 +27,26 @@ from voltron.models.blocks import (
 from voltron.models.language import LanguageEncoder
 
 
+@dataclass
+class MAEConfig(ModelConfig):
+    """The masked autoencoders' own fields (R-MVP, V-Cond, V-Dual; V-Gen adds its own in VGenConfig)."""
+
+    decoder_embed_dim: int = 192
+    decoder_depth: int = 6
+    decoder_n_heads: int = 6
+    mask_ratio: float = 0.75
+
+
 class MaskedAutoencoder(VoltronModel):
     family = "r-mvp"
+    config_class = MAEConfig
     n_frames = 1
     sampling_scheme = "state"
     uses_language = False
     cls_token_enabled = True  # R-MVP prepends a CLS token (as MAE); the Voltron models have none
     voltron_blocks = False  # RMSNorm + SwishGLU + LayerScale blocks (V-*) or LayerNorm + GELU (MAE)
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: MAEConfig):
         super().__init__(config)
         dim, dec_dim, frames = config.embed_dim, config.decoder_embed_dim, self.n_frames
         self.patch2embed = PatchEmbed(config.image_size, config.patch_size, dim, config.in_channels)
@@ -74,10 +86,10 @@ class MaskedAutoencoder(VoltronModel):
             transformer_init(self.lang2encoder)
             self._build_language_heads(config)
 
-    def _build_extra(self, config: ModelConfig) -> None:
+    def _build_extra(self, config: MAEConfig) -> None:
         """Hook for subclasses' extra vision-side modules."""
 
-    def _build_language_heads(self, config: ModelConfig) -> None:
+    def _build_language_heads(self, config: MAEConfig) -> None:
         """Hook for subclasses' extra language-side modules (built once the LM's width is known)."""
 
     def _init_weights(self, n_extra: int) -> None:

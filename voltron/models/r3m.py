@@ -6,6 +6,7 @@ L = l1 * mean|e|_1 + l2 * mean|e|_2 + tcn * L_tcn + lang * L_lang (weights 1e-5,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,14 +19,28 @@ from voltron.models.language import LanguageEncoder
 INFO_NCE_EPS = 1e-8  # upstream's `eps`
 
 
+@dataclass
+class R3MConfig(ModelConfig):
+    """R3M's own fields: the trunk and the loss weights (upstream's), and the language reward's MLP width."""
+
+    trunk: str = "vit"  # "vit" or "resnet50"
+    l1_weight: float = 1e-5
+    l2_weight: float = 1e-5
+    tcn_weight: float = 1.0
+    lang_weight: float = 1.0
+    n_negatives: int = 3
+    reward_hidden: int = 1024
+
+
 class R3M(VoltronModel):
     family = "r-r3m-vit"
+    config_class = R3MConfig
     n_frames = 1  # frames per image at inference; pretraining examples hold five
     train_frames = 5
     sampling_scheme = "quintet+language"
     uses_language = False  # the representation is visual; language only shapes the reward during pretraining
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: R3MConfig):
         super().__init__(config)
         self._build_trunk(config)
         self.lm = LanguageEncoder(config.language_model, config.max_lang_len, config.lang_cache_size)
@@ -36,7 +51,7 @@ class R3M(VoltronModel):
         self.language_reward = nn.Sequential(*layers, nn.Linear(width, 1), nn.Sigmoid())
         self.language_reward.apply(transformer_init)
 
-    def _build_trunk(self, config: ModelConfig) -> None:
+    def _build_trunk(self, config: R3MConfig) -> None:
         self.patch2embed = PatchEmbed(config.image_size, config.patch_size, config.embed_dim, config.in_channels)
         self.register_buffer("pe", sincos_2d(config.embed_dim, self.patch2embed.grid_size))
         self.blocks = nn.ModuleList(
@@ -184,7 +199,7 @@ class R3MResNet(R3M):
 
     family = "r-r3m-rn50"
 
-    def _build_trunk(self, config: ModelConfig) -> None:
+    def _build_trunk(self, config: R3MConfig) -> None:
         from torchvision.models import resnet50
 
         self.resnet = resnet50(weights=None)

@@ -6,12 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from voltron.errors import UserError
 from voltron.models.base import ModelConfig, VoltronModel
 from voltron.models.mae import MaskedAutoencoder, VCond, VDual
 from voltron.models.r3m import R3M, R3MResNet
 from voltron.models.vgen import VGen
 
-# ViT sizes: (embed_dim, depth, n_heads) for the encoder and the MAE decoder. `tiny` keeps CPU tests fast.
+# ViT sizes: (embed_dim, depth, n_heads) for the encoder and the MAE decoder (the decoder's only for the families
+# whose config has one). `tiny` keeps CPU tests fast.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(embed_dim=96, depth=2, n_heads=3, decoder_embed_dim=64, decoder_depth=1, decoder_n_heads=2),
     "small": dict(embed_dim=384, depth=12, n_heads=6, decoder_embed_dim=192, decoder_depth=6, decoder_n_heads=6),
@@ -76,17 +78,70 @@ def parse_model_id(name: str) -> tuple[str, str]:
     raise KeyError(f"unknown model {name!r}; available models: {', '.join(available_models())}")
 
 
+def config_class(family: str, source: str = "model config") -> type[ModelConfig]:
+    """The config dataclass of a registered family: ModelConfig's shared fields plus the ones the family owns."""
+    if family not in FAMILIES:
+        raise UserError(source=source, key="family", value=family, expected=f"one of {', '.join(FAMILIES)}")
+    return FAMILIES[family].model_class.config_class
+
+
+def check_config_keys(family: str, values: dict[str, Any], source: str) -> None:
+    """A UserError for the first key of `values` that `family`'s config does not own, naming the families that do."""
+    own = config_class(family, source).field_names()
+    for key in sorted(set(values) - own):
+        owners = [name for name, fam in FAMILIES.items() if key in fam.model_class.config_class.field_names()]
+        if owners:
+            raise UserError(
+                f"a key of {', '.join(owners)}, which {family} does not have",
+                source=source,
+                key=key,
+                value=values[key],
+                expected=f"{family}'s keys: {', '.join(sorted(own))}",
+            )
+        raise UserError(
+            "unknown model config key", source=source, key=key, value=values[key], expected=f"one of {sorted(own)}"
+        )
+
+
+def model_config_from_dict(data: dict[str, Any], source: str = "model config") -> ModelConfig:
+    """The config that a config.json (or a policy's encoder_config) holds, as its family's config class.
+
+    Files written before each family owned its fields (ModelConfig was one flat dataclass) carry every family's
+    keys. Another family's key is dropped only where it holds what that writer put there, the field's default or
+    the size table's value for the file's size, so that a value set on purpose is refused rather than lost.
+    """
+    family = data.get("family")
+    if family is None:
+        raise UserError("model config has no 'family' key", source=source)
+    own = config_class(family, source).field_names()
+    written = _flat_defaults(data.get("size"))
+    kept = {k: v for k, v in data.items() if k in own or k not in written or v != written[k]}
+    check_config_keys(family, {k: v for k, v in kept.items() if k != "extra"}, source)  # from_dict drops `extra`
+    return config_class(family).from_dict(kept, source)
+
+
+def _flat_defaults(size: Any) -> dict[str, Any]:
+    """What the flat ModelConfig wrote for every family's own field at `size`: the size table's value, else the
+    field's default."""
+    defaults = {
+        f.name: f.default
+        for fam in FAMILIES.values()
+        for f in dataclasses.fields(fam.model_class.config_class)
+        if f.default is not dataclasses.MISSING
+    }
+    return {**defaults, **SIZES.get(size, {})} if isinstance(size, str) else defaults
+
+
 def default_config(name: str, **overrides: Any) -> ModelConfig:
     """The config of a registered model id, with field overrides (e.g. image_size=64)."""
     family_name, size = parse_model_id(name)
     family = FAMILIES[family_name]
-    values = {"family": family_name, "size": size, **SIZES[size], **family.overrides}
+    cls = config_class(family_name)
+    check_config_keys(family_name, overrides, "model config overrides")
+    sizes = {k: v for k, v in SIZES[size].items() if k in cls.field_names()}  # no decoder sizes without a decoder
+    values = {"family": family_name, "size": size, **sizes, **family.overrides}
     values.update(family.size_overrides.get(size, {}))
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown model config overrides {unknown}; expected a subset of {sorted(known)}")
-    return ModelConfig(**apply_overrides(values, overrides))
+    return cls(**apply_overrides(values, overrides))
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +156,7 @@ def build_model(config: ModelConfig | str, **overrides: Any) -> VoltronModel:
     """A randomly initialised model from a config or a registered id."""
     if isinstance(config, str):
         config = default_config(config, **overrides)
-    elif overrides:
-        config = ModelConfig(**apply_overrides(config.to_dict(), overrides))
-    if config.family not in FAMILIES:
-        raise KeyError(f"unknown model family {config.family!r}; registered families: {', '.join(FAMILIES)}")
+    elif overrides or type(config) is not config_class(config.family):  # e.g. a bare ModelConfig(family=...)
+        check_config_keys(config.family, overrides, "model config overrides")
+        config = model_config_from_dict(apply_overrides(config.to_dict(), overrides))
     return FAMILIES[config.family].model_class(config)

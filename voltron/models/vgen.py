@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from voltron.models.base import ModelConfig
 from voltron.models.blocks import key_padding_mask, legacy_query_mask, transformer_init
-from voltron.models.mae import VDual
+from voltron.models.mae import MAEConfig, VDual
+
+
+@dataclass
+class VGenConfig(MAEConfig):
+    """V-Gen's own fields on top of the masked autoencoder's."""
+
+    gen_ratio: float = 0.5  # alpha: the share of examples that generate their caption
+    mae_weight: float = 1.0
+    lm_weight: float = 0.5
 
 
 class VGen(VDual):
@@ -19,8 +28,9 @@ class VGen(VDual):
     `gen_ratio` (alpha = 0.5) of generating."""
 
     family = "v-gen"
+    config_class = VGenConfig
 
-    def _build_language_heads(self, config: ModelConfig) -> None:
+    def _build_language_heads(self, config: VGenConfig) -> None:
         dec_dim = config.decoder_embed_dim
         self.lang2decoder = nn.Linear(self.lm.hidden_dim, dec_dim)
         self.decoder_lang_prediction = nn.Linear(dec_dim, self.lm.vocab_size)

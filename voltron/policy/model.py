@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from voltron.datasets.windows import NormStats
 from voltron.errors import UserError
 from voltron.io import sha256_file, staged_directory
-from voltron.models.base import ModelConfig, VoltronModel
+from voltron.models.base import VoltronModel
 from voltron.models.checkpoints import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -39,7 +39,7 @@ from voltron.models.checkpoints import (
     resolve_checkpoint,
 )
 from voltron.models.extractors import instantiate_extractor
-from voltron.models.registry import build_model
+from voltron.models.registry import build_model, model_config_from_dict
 from voltron.policy.base import Policy, load_policy  # noqa: F401  (load_policy: re-exported for callers here)
 from voltron.policy.config import NO_ENCODER, BCConfig, PolicyConfig, config_from_dict, config_to_dict
 
@@ -421,7 +421,7 @@ class BCPolicy(Policy):
         state = read_weights(directory / WEIGHTS_NAME)
         record = folder = None
         if any(k.startswith("encoder.") for k in state):  # stored encoder: rebuild its architecture, then load below
-            encoder = build_model(ModelConfig.from_dict(meta["encoder_config"], source=str(source)))
+            encoder = build_model(model_config_from_dict(meta["encoder_config"], source=str(source)))
             if config.policy.freeze_encoder:
                 encoder.eval().requires_grad_(False)
         elif config.policy.encoder == NO_ENCODER:
@@ -502,7 +502,7 @@ def _referenced_encoder(
             ) from err
     verify_encoder_weights(folder, record["sha256"])
     encoder, _ = voltron.load(folder, freeze=config.freeze_encoder)
-    recorded = ModelConfig.from_dict(meta.get("encoder_config") or {}, source=f"{source} encoder_config")
+    recorded = model_config_from_dict(meta.get("encoder_config") or {}, source=f"{source} encoder_config")
     if encoder.config != recorded:
         changed = sorted(k for k, v in recorded.to_dict().items() if encoder.config.to_dict()[k] != v)
         raise UserError(

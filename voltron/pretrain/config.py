@@ -17,13 +17,15 @@ from typing import Any
 @dataclass
 class ModelSection:
     name: str = "v-cond"  # a registered model id: v-cond, v-cond-tiny, v-cond-base, v-dual, r-mvp, ...
-    # The ModelConfig fields a pretraining run usually sets; None keeps the registry's value.
+    # The model config fields a pretraining run usually sets; None keeps the registry's value. mask_ratio is the
+    # masked autoencoders' (MAEConfig): setting it for an R3M model is refused, naming the key and the family.
     language_model: str | None = None  # hub name, local path, or the offline alias `minilm`
     lang_cache_size: int | None = None  # memoise the frozen language model's output per caption (0: off)
     image_size: int | None = None  # must equal the store's frame size (data.root/store.json)
     max_lang_len: int | None = None  # must equal the store's tokenised caption length
     mask_ratio: float | None = None
-    # Any other ModelConfig field, e.g. {decoder_depth: 4}
+    # Any other field of the model family's config class (voltron.models.registry.config_class), e.g.
+    # {decoder_depth: 4}; another family's key is a one-line error
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def config_overrides(self) -> dict[str, Any]:
