@@ -341,7 +341,19 @@ class DroidFolder:
         language_file: str | os.PathLike | None = DEFAULT_LANGUAGE_FILE,
         frame_mismatch: str = "error",
     ) -> Episode:
-        """The whole episode, images decoded; see `read_droid_episode` for the arguments."""
+        """The whole episode as an `Episode`, images decoded.
+
+        - `cameras`: roles (`wrist`, `ext1`, `ext2`) and/or serials; images are keyed by these names. None: every role
+          the metadata (or camera_type) names, else every `<serial>.mp4` keyed by serial.
+        - `image_size`: None keeps the recorded size; an int resizes to a square, a (height, width) pair to that size
+          (a plain antialiased bicubic resize, no crop, as DROID's policy learning does) while decoding.
+        - `action`: a key of `ACTION_MODES`; actions are (T, D + 1) with `action/gripper_position` last.
+        - `proprio`: a key of `PROPRIO_MODES`; proprio is (T, D + 1) with the gripper state last.
+        - `language_file`: the side file's name in the folder (or a path); see `DroidFolder.language`.
+        - `frame_mismatch`: "error" (default) or "truncate"; see the module docstring.
+
+        Errors (`DemoFormatError`) name the file and HDF5 path, or the MP4 and the camera serial.
+        """
         if frame_mismatch not in FRAME_MISMATCH_RULES:
             raise ValueError(f"frame_mismatch={frame_mismatch!r}; expected one of {FRAME_MISMATCH_RULES}")
         size = parse_image_size(image_size)
@@ -384,34 +396,6 @@ class DroidFolder:
         )
 
 
-def read_droid_episode(
-    folder: str | os.PathLike,
-    *,
-    cameras: list[str] | None = None,
-    image_size: int | tuple[int, int] | None = None,
-    action: str = "cartesian_velocity",
-    proprio: str = "cartesian",
-    language_file: str | os.PathLike | None = DEFAULT_LANGUAGE_FILE,
-    frame_mismatch: str = "error",
-) -> Episode:
-    """Read one raw DROID episode folder into an `Episode`.
-
-    - `cameras`: roles (`wrist`, `ext1`, `ext2`) and/or serials; images are keyed by these names. None: every role
-      the metadata (or camera_type) names, else every `<serial>.mp4` keyed by serial.
-    - `image_size`: None keeps the recorded size; an int resizes to a square, a (height, width) pair to that size
-      (a plain antialiased bicubic resize, no crop, as DROID's policy learning does) while decoding.
-    - `action`: a key of `ACTION_MODES`; actions are (T, D + 1) with `action/gripper_position` last.
-    - `proprio`: a key of `PROPRIO_MODES`; proprio is (T, D + 1) with the gripper state last.
-    - `language_file`: the side file's name in the folder (or a path); see `DroidFolder.language`.
-    - `frame_mismatch`: "error" (default) or "truncate"; see the module docstring.
-
-    Errors (`DemoFormatError`) name the file and HDF5 path, or the MP4 and the camera serial.
-    """
-    return DroidFolder(folder).read(
-        cameras=cameras,
-        image_size=image_size,
-        action=action,
-        proprio=proprio,
-        language_file=language_file,
-        frame_mismatch=frame_mismatch,
-    )
+def read_droid_episode(folder: str | os.PathLike, **options: Any) -> Episode:
+    """Read one raw DROID episode folder into an `Episode`; the keyword options are `DroidFolder.read`'s."""
+    return DroidFolder(folder).read(**options)

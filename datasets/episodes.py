@@ -203,23 +203,10 @@ def resolve_sources(source: PathLike | Sequence[PathLike]) -> list[EpisodeSource
 
 
 def load_episodes(
-    source: PathLike | Sequence[PathLike],
-    split: str | None = None,
-    *,
-    cameras: list[str] | None = None,
-    image_size: int | tuple[int, int] | None = None,
-    droid_action: str = "cartesian_velocity",
-    droid_proprio: str = "cartesian",
-    droid_language_file: PathLike | None = DEFAULT_LANGUAGE_FILE,
-    droid_frame_mismatch: str = "error",
-    droid_valid_percent: float = 10.0,
-    lerobot_episodes: list[int] | None = None,
-    lerobot_tolerance_s: float = DEFAULT_TOLERANCE_S,
-    lerobot_video_backend: str = "auto",
-    progress: bool = False,
+    source: PathLike | Sequence[PathLike], split: str | None = None, *, progress: bool = False, **options: Any
 ) -> list[Episode]:
     """Every episode of `source` (a native file, a DROID folder, a LeRobot dataset, a directory or a list; see the
-    module doc).
+    module doc). The keyword options are `LoadOptions`' fields, with the defaults given there:
 
     - `split`: None for all episodes; for native files `mask/<split>` (an unknown split is an error listing the
       file's splits); for DROID folders `train`/`valid` by `droid_split(episode_id, droid_valid_percent)`; for
@@ -228,29 +215,13 @@ def load_episodes(
       or feature keys); None keeps every camera.
     - `image_size`: None keeps the stored size; an int resizes to a square, a pair to (height, width).
     - `droid_*`: the DROID reader's action mode, proprio mode, language side file and frame-count rule
-      (`voltron.datasets.droid.read_droid_episode`).
+      (`voltron.datasets.droid.DroidFolder.read`).
     - `lerobot_*`: the LeRobot episode indices to read (None: all), the frame-time tolerance in seconds, and the
       video backend (auto, pyav, decord); see `voltron.datasets.lerobot`.
     Bad files raise `DemoFormatError` naming the file and the HDF5 path (or the MP4 and camera serial, or the
     LeRobot file and key).
     """
-    return list(
-        iter_episodes(
-            source,
-            split,
-            cameras=cameras,
-            image_size=image_size,
-            droid_action=droid_action,
-            droid_proprio=droid_proprio,
-            droid_language_file=droid_language_file,
-            droid_frame_mismatch=droid_frame_mismatch,
-            droid_valid_percent=droid_valid_percent,
-            lerobot_episodes=lerobot_episodes,
-            lerobot_tolerance_s=lerobot_tolerance_s,
-            lerobot_video_backend=lerobot_video_backend,
-            progress=progress,
-        )
-    )
+    return list(iter_episodes(source, split, progress=progress, **options))
 
 
 def iter_episodes(
