@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from voltron.config import add_config_option, command_config, config_command
+from voltron.config import add_config_option, command_config, command_group, config_command
 
 
 @dataclasses.dataclass
@@ -56,9 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_option(parser, "voltron.datasets.preprocess:PreprocessConfig")
     parser.set_defaults(func=run_preprocess)
 
-    demos = subparsers.add_parser("demos", help="household demonstrations: convert between formats")
-    demos.set_defaults(func=lambda _args: demos.print_help() or 2)
-    commands = demos.add_subparsers(dest="demos_command", metavar="SUBCOMMAND")
+    commands = command_group(subparsers, "demos", "household demonstrations: convert between formats")
     convert = config_command(
         commands,
         "convert",

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
-from voltron.config import command_config, config_command
+from voltron.config import command_config, command_group, config_command
 
 
 @dataclass
@@ -64,9 +64,7 @@ def _make_corpus(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `sim collect` and `sim make-corpus` (argparse only; the handlers import MuJoCo when they run)."""
-    sim = subparsers.add_parser("sim", help="MuJoCo simulation: expert demos and the sim-made video corpus")
-    sim.set_defaults(func=lambda _args: sim.print_help() or 2)
-    commands = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
+    commands = command_group(subparsers, "sim", "MuJoCo simulation: expert demos and the sim-made video corpus")
 
     collect = config_command(
         commands, "collect", "voltron.sim.cli:CollectConfig",

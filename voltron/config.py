@@ -306,6 +306,14 @@ def config_command(
     return parser
 
 
+def command_group(subparsers: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """A command that only groups subcommands (`voltron sim`, `voltron ros`, ...): its subparsers (the chosen one in
+    `args.<name>_command`), while the command alone prints its help and exits 2."""
+    parser = subparsers.add_parser(name, help=help)
+    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
+    return parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
 def command_config(config_class: type[Config], args: argparse.Namespace, prog: str, required: tuple[str, ...] = ()):
     """The config of a `config_command`: defaults, `--config`, the flags given, then the dotted overrides; each key
     in `required` must be set by one of them (a one-line UserError names it otherwise)."""

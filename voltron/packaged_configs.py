@@ -7,6 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
+from voltron.config import command_group
 from voltron.errors import UserError
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -78,9 +79,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("config", help="list or print the YAML configs shipped with voltron")
-    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
-    commands = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    commands = command_group(subparsers, "config", "list or print the YAML configs shipped with voltron")
     listing = commands.add_parser("list", help="every packaged config, with what it is")
     listing.set_defaults(func=run_list)
     show = commands.add_parser(

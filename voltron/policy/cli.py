@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from voltron.config import add_config_option, command_config, config_command
+from voltron.config import add_config_option, command_config, command_group, config_command
 from voltron.models.inference_options import add_inference_arguments
 from voltron.policy.evaluate import EVAL_SEED_OFFSET
 
@@ -85,9 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suite.add_argument("--no-progress", dest="progress", action="store_false")
     suite.set_defaults(func=run_suite)
 
-    policy = subparsers.add_parser("policy", help="policy folders: export one to run elsewhere (e.g. on a robot)")
-    policy_sub = policy.add_subparsers(dest="policy_command", metavar="POLICY_COMMAND")
-    policy.set_defaults(func=lambda args: (policy.print_help(), 2)[1])
+    policy_sub = command_group(subparsers, "policy", "policy folders: export one to run elsewhere (e.g. on a robot)")
     export = policy_sub.add_parser(
         "export",
         help="copy a policy to a new folder, verified, optionally with its encoder",

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from voltron.config import add_config_option
+from voltron.config import add_config_option, command_group
 from voltron.models.inference_options import add_inference_arguments
 
 ROBOT_CONFIG = "voltron.ros.config:RobotConfig"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    ros = subparsers.add_parser("ros", help="real robots through ROS: serve a policy, convert bags to demos")
-    ros_sub = ros.add_subparsers(dest="ros_command", metavar="ROS_COMMAND")
-    ros.set_defaults(func=lambda args: (ros.print_help(), 2)[1])
+    ros_sub = command_group(subparsers, "ros", "real robots through ROS: serve a policy, convert bags to demos")
 
     serve = ros_sub.add_parser(
         "serve",
