@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voltron.registries import register_once
+
 INITIAL_FINAL_ALPHA = 0.2  # upstream `initial_final_alpha`: initial/final frames come from the first/last 20%
 N_INTERIOR = 3  # upstream `n_int`
 QUINTET = 2 + N_INTERIOR
@@ -49,10 +51,7 @@ SCHEMES: dict[str, SamplingScheme] = {}
 
 
 def register_scheme(scheme: SamplingScheme) -> SamplingScheme:
-    if scheme.name in SCHEMES:
-        raise ValueError(f"sampling scheme {scheme.name!r} is already registered")
-    SCHEMES[scheme.name] = scheme
-    return scheme
+    return register_once(SCHEMES, scheme.name, scheme, "sampling scheme")
 
 
 def get_scheme(name: str) -> SamplingScheme:

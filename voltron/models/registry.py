@@ -11,6 +11,7 @@ from voltron.models.base import ModelConfig, VoltronModel
 from voltron.models.mae import MaskedAutoencoder, VCond, VDual
 from voltron.models.r3m import R3M, R3MResNet
 from voltron.models.vgen import VGen
+from voltron.registries import register_once
 
 # ViT sizes: (embed_dim, depth, n_heads) for the encoder and the MAE decoder (the decoder's only for the families
 # whose config has one). `tiny` keeps CPU tests fast.
@@ -37,10 +38,7 @@ FAMILIES: dict[str, Family] = {}
 
 
 def register_family(family: Family) -> Family:
-    if family.name in FAMILIES:
-        raise ValueError(f"model family {family.name!r} is already registered")
-    FAMILIES[family.name] = family
-    return family
+    return register_once(FAMILIES, family.name, family, "model family")
 
 
 register_family(Family("v-cond", VCond, "Voltron V-Cond: one frame, language-conditioned MAE"))

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from voltron.registries import register_once
+
 # name -> f(step, peak_lr, warmup_steps, total_steps, min_lr) -> lr
 Schedule = Callable[[int, float, int, int, float], float]
 SCHEDULES: dict[str, Schedule] = {}
@@ -13,10 +15,7 @@ SCHEDULES: dict[str, Schedule] = {}
 
 def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
     def wrap(fn: Schedule) -> Schedule:
-        if name in SCHEDULES:
-            raise ValueError(f"schedule {name!r} is already registered")
-        SCHEDULES[name] = fn
-        return fn
+        return register_once(SCHEDULES, name, fn, "schedule")
 
     return wrap
 
