@@ -159,6 +159,19 @@ def in_background(fn):
     return result
 
 
+def serve_counter_while(background, bridge, log_path: Path, max_steps: int, max_seconds: float = 20):
+    """Serve CounterPolicy through `bridge` for `max_steps` ticks (at most `max_seconds`), logging to `log_path`,
+    while `background` runs in a thread (the server owns the main thread, for signals); returns the server's
+    summary and `background`'s result (its exception re-raised)."""
+    result = in_background(background)
+    summary = serve(
+        CounterPolicy(),
+        bridge,
+        ServeOptions(rate_hz=RATE_HZ, max_steps=max_steps, max_seconds=max_seconds, log_path=log_path),
+    )
+    return summary, result()
+
+
 # --- tests ----------------------------------------------------------------------------------------------------------
 def test_serve_drives_stub_within_limits(peer, tmp_path):
     cfg = robot_config(peer, tmp_path)
@@ -228,13 +241,7 @@ def test_stopping_images_makes_server_hold_within_watchdog(peer, tmp_path):
         wait_for_steps(log_path, 10, timeout_s=30)
         return peer.tell_stub("pause_images")
 
-    paused_at = in_background(pause_after_warm_loop)
-    summary = serve(
-        CounterPolicy(),
-        make_bridge(cfg),
-        ServeOptions(rate_hz=RATE_HZ, max_steps=30, max_seconds=20, log_path=log_path),
-    )
-    pause_t = paused_at()
+    summary, pause_t = serve_counter_while(pause_after_warm_loop, make_bridge(cfg), log_path, max_steps=30)
     records, _ = read_log(log_path)
     assert summary.steps == 30
     before = [r for r in records if r["t"] < pause_t]
@@ -281,13 +288,9 @@ def test_estop_latches_until_reset(peer, tmp_path):
             ros.factory.stopTrying()
             ros.close()
 
-    result = in_background(operator)
-    summary = serve(
-        CounterPolicy(),
-        make_bridge(cfg),
-        ServeOptions(rate_hz=RATE_HZ, max_steps=45, max_seconds=20, log_path=log_path),
+    summary, (latched, t_latch, reset, t_reset) = serve_counter_while(
+        operator, make_bridge(cfg), log_path, max_steps=45
     )
-    latched, t_latch, reset, t_reset = result()
     assert latched["success"] and reset["success"]
     records, _ = read_log(log_path)
     assert summary.steps == 45 and summary.estop_latched
@@ -323,13 +326,9 @@ def test_connection_loss_holds_then_reconnects_without_stale_commands(peer, tmp_
         peer.restart_server()
         return t_kill, time.time(), probe_sent, noticed
 
-    times = in_background(outage)
-    summary = serve(
-        CounterPolicy(),
-        bridge,
-        ServeOptions(rate_hz=RATE_HZ, max_steps=240, max_seconds=40, log_path=log_path),
+    summary, (t_kill, t_restart, probe_sent, noticed) = serve_counter_while(
+        outage, bridge, log_path, max_steps=240, max_seconds=40
     )
-    t_kill, t_restart, probe_sent, noticed = times()
     assert noticed, "the bridge still reported a connection 15 s after the server was killed"
     assert probe_sent is False
     records, _ = read_log(log_path)
@@ -363,13 +362,7 @@ def test_sigterm_sends_hold_and_exits_cleanly(peer, tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)  # handled by the server's StopOnSignals in the main thread
         return t
 
-    signalled = in_background(terminate)
-    summary = serve(
-        CounterPolicy(),
-        make_bridge(cfg),
-        ServeOptions(rate_hz=RATE_HZ, max_steps=300, max_seconds=20, log_path=log_path),
-    )
-    t_signal = signalled()
+    summary, t_signal = serve_counter_while(terminate, make_bridge(cfg), log_path, max_steps=300)
     assert summary.stop_reason == f"signal {int(signal.SIGTERM)}"
     assert summary.steps < 300
     records, stop = read_log(log_path)
