@@ -177,17 +177,49 @@ def test_dls_step_moves_the_hand_towards_a_pose(model):
     assert before > 0.1 and after < 1e-3
 
 
+# Reset seeds each expert must solve within the horizon, among them seeds the experts failed on before be5127a
+# (knob 7 stopped at the success band's edge and 9 got there at step 99; light 0 and 10 lost the switch on the way
+# in; ldoor 2's door closed again; micro 1 ran out of reach while pulling and 15's pre-grasp IK stalled).
+# bench/kitchen_experts.py measures the rate over 50 seeds.
+EXPERT_SEEDS = {
+    "kitchen-knob-on": (7, 9),
+    "kitchen-light-on": (0, 10),
+    "kitchen-sdoor-open": (0, 1),
+    "kitchen-ldoor-open": (0, 2),
+    "kitchen-micro-open": (1, 15),
+}
+
+
 @pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
-def test_slide_door_expert_succeeds_within_the_horizon():
+@pytest.mark.parametrize("task", sorted(EXPERT_SEEDS))
+def test_expert_succeeds_within_the_horizon(task):
     from voltron.sim.experts import make_expert, rollout
 
-    env = make_env("kitchen-sdoor-open", image_size=8, render_images=False)
+    env = make_env(task, image_size=8, render_images=False)
     try:
         expert = make_expert(env.task, env=env)
-        for seed in range(3):
+        for seed in EXPERT_SEEDS[task]:
             expert.reset(seed)
             record = rollout(env, expert, seed=seed, post_success_steps=0)
-            assert record.success and len(record) <= HORIZON, seed
+            assert record.success and len(record) <= HORIZON, (task, seed, len(record))
+    finally:
+        env.close()
+
+
+def test_expert_keeps_every_joint_within_its_top_speed():
+    from voltron.sim.kitchen_experts import ARM, KitchenExpert
+
+    env = KitchenEnv("kitchen-light-on", image_size=8, render_images=False)
+    try:
+        env.reset(seed=0)
+        expert = KitchenExpert(env)
+        wanted = np.array([0.5, -0.2, 0.1, 0.0, 0.3, 0.0, 0.0])  # far beyond one step's reach
+        action = expert._action(wanted, 1.0)
+        increment = action[:ARM] * env.dt * 2 * math.pi - env.data.qfrc_bias[:ARM] / expert.kp
+        increment = increment * expert.tracking
+        # every joint at most at its top speed, and the joints in the asked-for proportion (the hand keeps its line)
+        assert np.all(np.abs(increment) <= expert.max_increment + 1e-9)
+        assert increment / np.linalg.norm(increment) == pytest.approx(wanted / np.linalg.norm(wanted), abs=1e-6)
     finally:
         env.close()
 
