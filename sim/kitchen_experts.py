@@ -9,12 +9,14 @@ script, read off the task's object joint in the live MuJoCo model:
 2. insert: straight in until the bar is between the fingers (bounded: a touched handle stops the hand short);
 3. grasp: close the fingers;
 4. turn: move the grip point with the object joint, a bounded lead ahead of where it is (rotated about the hinge
-   axis, or shifted along the slide axis), the hand following the rotation as far as the task's script says, until
-   the joint is at its goal, then hold it there. The left door lets go at -0.5 rad, goes round the door's free edge
+   axis, or shifted along the slide axis), the hand following the rotation as far as the task's script says (or
+   yawing towards the shoulder, for reach), until the joint is at its goal (or a set amount past it, for a knob or
+   lever that lags the hand), then hold it there. The left door lets go at -0.4 rad, goes round the door's free edge
    and pushes its inner face instead (its handle swings out of the arm's reach).
 
 Each step's 6-d end-effector error (position, and orientation as a rotation vector), clipped to a bounded step,
-goes through damped least squares on `mj_jacSite`'s Jacobian to 7 joint increments. A gravity feed-forward
+goes through damped least squares on `mj_jacSite`'s Jacobian to 7 joint increments, scaled together so that no
+joint is asked for more than its servo's top speed (force limit over damping). A gravity feed-forward
 (`qfrc_bias / kp`) is added because the env's position servos otherwise sag below their targets, and the result is
 divided by the servos' share of a step's target they cover (first-order response of a damped joint) and by the env's
 step size (2*pi rad/s for 80 ms) into the action. The expert reads the env's model and data
