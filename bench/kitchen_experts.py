@@ -4,7 +4,7 @@ Run: .venv/bin/python bench/kitchen_experts.py [--seeds 50] [--cap 100] [--tasks
 
 Each seed resets the task's env (seeds 0..N-1, as `voltron sim collect` does), runs `KitchenExpert` for `--cap`
 steps without rendering, and records the step at which the env first reports success (R3M's rule: the goal held
-for more than 5 steps). Success within 50 steps is R3M's horizon; within the cap shows what a longer horizon buys.
+for more than 5 steps). Failed seeds are listed after the table with the expert's phase and the joint's value. Success within 50 steps is R3M's horizon; within the cap shows what a longer horizon buys.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from voltron.sim.kitchen_experts import KitchenExpert
 from voltron.sim.tasks import R3M_KITCHEN_HORIZON
 
 
-def first_successes(task: str, seeds: int, cap: int) -> list[int | None]:
+def first_successes(task: str, seeds: int, cap: int) -> tuple[list[int | None], list[str]]:
+    """(the step of first success per seed, None for a failure; one line per failed seed: where the expert was)."""
     env = KitchenEnv(task, image_size=8, render_images=False, horizon=cap)
     expert = KitchenExpert(env)
     steps: list[int | None] = []
+    failures: list[str] = []
     for seed in tqdm(range(seeds), desc=task, leave=False):
         expert.reset(seed)
         _, info = env.reset(seed=seed)
@@ -33,8 +35,13 @@ def first_successes(task: str, seeds: int, cap: int) -> list[int | None]:
                 first = step
                 break
         steps.append(first)
+        if first is None:  # the phase tells a missed grasp (turn, joint near 0) from a slow or lost pull
+            failures.append(
+                f"seed {seed}: phase {expert.phase}, {env.goal.joint} at {env.data.qpos[expert.qpos_address]:.2f} "
+                f"(goal {env.goal.goal}), desk offset {np.round(env.desk_offset, 3).tolist()}"
+            )
     env.close()
-    return steps
+    return steps, failures
 
 
 def main() -> None:
@@ -45,8 +52,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"| task | success in {R3M_KITCHEN_HORIZON} steps | success in {args.cap} steps | median steps to success |")
     print("|---|---|---|---|")
+    failed: dict[str, list[str]] = {}
     for task in args.tasks.split(","):
-        steps = first_successes(task, args.seeds, args.cap)
+        steps, failed[task] = first_successes(task, args.seeds, args.cap)
         done = [s for s in steps if s is not None]
         within = sum(s <= R3M_KITCHEN_HORIZON for s in done)
         median = f"{np.median(done):.0f}" if done else "-"
@@ -55,6 +63,11 @@ def main() -> None:
             f"{len(done) / args.seeds:.0%} | {median} |",
             flush=True,
         )
+    for task, lines in failed.items():
+        if lines:
+            print(f"\n{task}: failed within {args.cap} steps")
+            for line in lines:
+                print(f"- {line}")
 
 
 if __name__ == "__main__":
