@@ -91,6 +91,18 @@ class TaskEnv(gym.Env):
     def language(self) -> str:
         return self.task.language
 
+    ACTIONS = "values in [-1, 1]"  # what an action holds, for the error message (each env class names its own)
+
+    def checked_action(self, action: np.ndarray) -> np.ndarray:
+        """`action` as float32, clipped to [-1, 1]; a wrong shape or a NaN/inf is a ValueError naming both."""
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != self.action_space.shape or not np.all(np.isfinite(action)):
+            raise ValueError(
+                f"{self.task.name}: action {action!r} has shape {action.shape}; expected "
+                f"{self.action_space.shape[0]} finite {self.ACTIONS}"
+            )
+        return np.clip(action, -1.0, 1.0)
+
 
 class SimEnv(TaskEnv):
     """A MetaWorld task as a Gymnasium env with observations {"image", "proprio", "language"} (for a Franka Kitchen
@@ -108,6 +120,7 @@ class SimEnv(TaskEnv):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # MetaWorld steps at 80 Hz (5 x 2.5 ms)
+    ACTIONS = "values (dx, dy, dz, gripper) in [-1, 1]"
 
     def __new__(cls, task: str | TaskSpec | None = None, *args: Any, **kwargs: Any) -> gym.Env:
         # SimEnv(task) builds the env class of the task's family (ENV_CLASSES), so every caller that names SimEnv
@@ -140,13 +153,7 @@ class SimEnv(TaskEnv):
         return self._observe(state), {"success": False, "state": state}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
-        action = np.asarray(action, dtype=np.float32)
-        if action.shape != self.action_space.shape or not np.all(np.isfinite(action)):
-            raise ValueError(
-                f"{self.task.name}: action {action!r} has shape {action.shape}; expected 4 finite values "
-                "(dx, dy, dz, gripper) in [-1, 1]"
-            )
-        state, reward, _, _, mw_info = self._env.step(np.clip(action, -1.0, 1.0))
+        state, reward, _, _, mw_info = self._env.step(self.checked_action(action))
         self._steps += 1
         success = bool(mw_info.get("success", 0.0))
         info = {**mw_info, "success": success, "state": state}

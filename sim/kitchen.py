@@ -150,6 +150,7 @@ class KitchenEnv(TaskEnv):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12.5}
+    ACTIONS = "joint velocities in [-1, 1]"
 
     # The privileged state (the state oracle's input), in order, with sizes.
     STATE_KEYS = (
@@ -262,14 +263,8 @@ class KitchenEnv(TaskEnv):
         return self._observe(), {"success": False, "solved": False, "state": self.state()}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
-        action = np.asarray(action, dtype=np.float32)
-        if action.shape != self.action_space.shape or not np.all(np.isfinite(action)):
-            raise ValueError(
-                f"{self.task.name}: action {action!r} has shape {action.shape}; expected 9 finite joint velocities "
-                "in [-1, 1]"
-            )
+        velocity = self.checked_action(action).astype(np.float64) * MAX_JOINT_SPEED
         data = self.data
-        velocity = np.clip(action, -1.0, 1.0).astype(np.float64) * MAX_JOINT_SPEED
         target = data.qpos[:N_ROBOT] + velocity * self.dt  # the original's vel mode: a position target one step out
         data.ctrl[:N_ROBOT] = np.clip(target, self._ctrl_range[:, 0], self._ctrl_range[:, 1])
         mujoco.mj_step(self.model, data, nstep=FRAME_SKIP)

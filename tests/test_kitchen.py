@@ -104,8 +104,7 @@ def test_gymnasium_ids_and_other_view():
 
 
 def test_reset_is_reproducible_and_randomised():
-    env = KitchenEnv("kitchen-light-on", image_size=16, render_images=False)
-    try:
+    with KitchenEnv("kitchen-light-on", image_size=16, render_images=False) as env:
         offsets, arms = [], []
         for seed in (0, 1, 0):
             obs, info = env.reset(seed=seed)
@@ -118,24 +117,18 @@ def test_reset_is_reproducible_and_randomised():
             env.step(np.full(9, np.nan, np.float32))
         with pytest.raises(ValueError, match="9 finite"):
             env.step(np.zeros(4, np.float32))
-    finally:
-        env.close()
 
 
 @pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_render_images_false_observes_a_blank_frame():
-    env = KitchenEnv("kitchen-knob-on", image_size=8, render_images=False)
-    try:
+    with KitchenEnv("kitchen-knob-on", image_size=8, render_images=False) as env:
         obs, _ = env.reset(seed=0)
         assert obs["image"].shape == (8, 8, 3) and not obs["image"].any()
-    finally:
-        env.close()
 
 
 @pytest.mark.slow  # over ~3.5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
 def test_success_needs_the_goal_held_for_more_than_five_steps():
-    env = KitchenEnv("kitchen-sdoor-open", image_size=8, render_images=False)
-    try:
+    with KitchenEnv("kitchen-sdoor-open", image_size=8, render_images=False) as env:
         env.reset(seed=0)
         address = env.model.jnt_qposadr[env.model.joint("slide_cabinet").id]
         hold = np.zeros(9, np.float32)
@@ -152,8 +145,6 @@ def test_success_needs_the_goal_held_for_more_than_five_steps():
         env.data.qpos[env.model.jnt_qposadr[env.model.joint("microwave").id]] = 0.0
         env.data.qpos[address] = 0.44 - 0.2 * 0.44
         assert not env.solved() and env.goal_error() == pytest.approx(0.088)
-    finally:
-        env.close()
 
 
 def test_differences_are_stated():
@@ -209,8 +200,7 @@ def test_expert_succeeds_within_the_horizon(task):
 def test_expert_keeps_every_joint_within_its_top_speed():
     from voltron.sim.kitchen_experts import ARM, KitchenExpert
 
-    env = KitchenEnv("kitchen-light-on", image_size=8, render_images=False)
-    try:
+    with KitchenEnv("kitchen-light-on", image_size=8, render_images=False) as env:
         env.reset(seed=0)
         expert = KitchenExpert(env)
         wanted = np.array([0.5, -0.2, 0.1, 0.0, 0.3, 0.0, 0.0])  # far beyond one step's reach
@@ -220,8 +210,6 @@ def test_expert_keeps_every_joint_within_its_top_speed():
         # every joint at most at its top speed, and the joints in the asked-for proportion (the hand keeps its line)
         assert np.all(np.abs(increment) <= expert.max_increment + 1e-9)
         assert increment / np.linalg.norm(increment) == pytest.approx(wanted / np.linalg.norm(wanted), abs=1e-6)
-    finally:
-        env.close()
 
 
 @pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
