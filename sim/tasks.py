@@ -122,7 +122,7 @@ KITCHEN_PROPRIO_KEYS = (*(f"panda_joint{i}" for i in range(1, 8)), "finger_joint
 R3M_KITCHEN_HORIZON = 50  # R3M's max_episode_steps for every kitchen_*-v3 task
 # Ours is 100 steps (8 s): in this model the arm's big joints top out near 0.9 rad/s (servo force limit 87 N m
 # against joint damping 100 N m s/rad), far below R3M's 2*pi rad/s action scale, so reaching a handle from the
-# start pose alone takes 15-25 steps; our experts need a median of 42-65 steps (bench/kitchen_experts.py).
+# start pose alone takes 15-25 steps; our experts need a median of 41-86 steps (bench/kitchen_experts.py).
 KITCHEN_HORIZON = 100
 _KITCHEN = {
     "kitchen-knob-on": ("turn the oven knob", "kitchen_knob1_on-v3"),
