@@ -86,3 +86,21 @@ def test_commands_without_a_config_refuse_stray_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["models", "--train.steps=3"])
     assert "unrecognized arguments: --train.steps=3" in capsys.readouterr().err
+
+
+def test_eval_suite_flags_reach_the_options(tmp_path, monkeypatch):
+    """Space-separated list flags (--tasks a b, --demos-per-task 5 10) land in SuiteOptions as lists."""
+    from types import SimpleNamespace
+
+    import voltron.policy.suite as suite
+
+    seen = {}
+
+    def stand_in(options: suite.SuiteOptions) -> SimpleNamespace:  # records the options instead of running
+        seen["options"] = options
+        return SimpleNamespace(markdown=lambda: "")
+
+    monkeypatch.setattr(suite, "run_eval_suite", stand_in)
+    args = ["eval-suite", "--tasks", "assembly", "hammer", "--demos-per-task", "5", "10", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert seen["options"].tasks == ["assembly", "hammer"] and seen["options"].demos_per_task == [5, 10]

@@ -70,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     suite.add_argument("--encoder", action="append", help="encoder id or run dir (repeatable)")
     suite.add_argument("--random-init", action="append", help="encoder id evaluated randomly initialised")
+    suite.add_argument("--tasks", nargs="+", help="a subset of the suite's tasks, e.g. assembly hammer (default: all)")
     suite.add_argument("--demos-per-task", type=int, nargs="+", help="a sweep, e.g. 5 10 25 (default 25)")
     suite.add_argument("--seeds", type=int, help="policy training seeds per (row, task, demo count) (default 3)")
     suite.add_argument("--episodes", type=int, help="final evaluation episodes per policy (default 50)")
