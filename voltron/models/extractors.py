@@ -43,10 +43,11 @@ class MAPAttention(nn.Module):
         u = torch.einsum("bkhj,hjd->bhkd", q, w_k)  # query folded through the key weights: (B, h, K, D)
         if inputs is not None:
             u = u @ inputs.weight  # ... and through the input projection: (B, h, K, D_in)
-        logits = torch.einsum("bhke,bne->bhkn", u, x.to(u.dtype)) * head_dim**-0.5
+        x = x.to(u.dtype)  # cached tokens may be float16; convert them once for both products
+        logits = torch.einsum("bhke,bne->bhkn", u, x) * head_dim**-0.5
         if key_mask is not None:
             logits = logits.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
-        pooled = torch.einsum("bhkn,bne->bhke", logits.softmax(dim=-1), x.to(u.dtype))  # (B, h, K, D_in)
+        pooled = torch.einsum("bhkn,bne->bhke", logits.softmax(dim=-1), x)  # (B, h, K, D_in)
         if inputs is not None:
             pooled = inputs(pooled)  # the weights sum to 1, so the bias passes through once
         out = torch.einsum("bhkd,hjd->bkhj", pooled, w_v)  # (B, K, h, d)

@@ -195,7 +195,7 @@ def train_and_evaluate(
 
 class _Timing:
     """Wall seconds per stage of one suite step, accumulated in a JSON file written after each stage (so a
-    resumed suite still reports the time its earlier, killed run spent)."""
+    resumed suite still reports the stages its earlier, killed run finished; a stage cut short is not counted)."""
 
     def __init__(self, path: Path):
         self.path = path
