@@ -1,4 +1,5 @@
-"""N simulation environments stepped in lockstep in worker processes, so one batched policy call acts on all of them."""
+"""N simulation environments in worker processes: stepped in lockstep (`reset`/`step`, one batched policy call for
+all of them), or one at a time (`send`/`receive`), so a policy acts on one env's frame while the others render."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import tempfile
 import time
 import traceback
+from multiprocessing.connection import wait as wait_for_any
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -91,6 +93,10 @@ class VectorSimEnv:
     the final observation and info, with reward 0 and its done flags kept, so a batched evaluation simply steps
     until `np.all(terminated | truncated)`.
 
+    `send(i, "reset" | "step", seed | action)` and `receive() -> (i, answer)` drive the envs one at a time instead
+    (what evaluation does: no env waits for the slowest one, and a finished episode's env starts the next at once).
+    Do not mix the two ways while a request is in flight.
+
     Failures never hang the caller: an exception in a worker is re-raised here as `WorkerError` carrying the
     worker's traceback; a worker that dies (segfault, kill) is reported with its exit signal; a worker silent for
     longer than `step_timeout_s` (or `start_timeout_s` while starting) raises `WorkerTimeout`. Either way all
@@ -117,6 +123,7 @@ class VectorSimEnv:
         self._processes: list[Any] = []
         self._finished = np.zeros(self.num_envs, dtype=bool)
         self._last: list[tuple | None] = [None] * self.num_envs
+        self._pending: dict[int, tuple[str, float]] = {}  # env index -> (command, when sent) awaiting `receive`
         for index, env_fn in enumerate(env_fns):
             parent_conn, child_conn = context.Pipe()
             process = context.Process(
@@ -175,6 +182,16 @@ class VectorSimEnv:
         except (BrokenPipeError, EOFError, OSError):
             self._fail(self._death_report(index, command))
 
+    def _recv(self, index: int, what: str) -> Any:
+        """The answer waiting on env `index`'s pipe (a worker's error or death raises, after closing every worker)."""
+        try:
+            status, payload = self._conns[index].recv()
+        except (EOFError, OSError):
+            self._fail(self._death_report(index, what))
+        if status == "error":
+            self._fail(WorkerError(index, f"raised during {what}", payload))
+        return payload
+
     def _gather(self, indices: Sequence[int] | range, what: str, timeout_s: float) -> list[Any]:
         deadline = time.monotonic() + timeout_s
         results = []
@@ -182,19 +199,43 @@ class VectorSimEnv:
             conn, process = self._conns[index], self._processes[index]
             while True:
                 if conn.poll(0.05):
-                    try:
-                        status, payload = conn.recv()
-                    except (EOFError, OSError):
-                        self._fail(self._death_report(index, what))
-                    if status == "error":
-                        self._fail(WorkerError(index, f"raised during {what}", payload))
-                    results.append(payload)
+                    results.append(self._recv(index, what))
                     break
                 if not process.is_alive() and not conn.poll(0):
                     self._fail(self._death_report(index, what))
                 if time.monotonic() > deadline:
                     self._fail(WorkerTimeout(index, f"no answer to {what} within {timeout_s:.0f} s"))
         return results
+
+    # -- one env at a time ------------------------------------------------------------------------------------
+    def send(self, index: int, command: str, argument: Any = None) -> None:
+        """Ask env `index` to "reset" (argument: its seed) or "step" (argument: its action) without waiting; its
+        answer, what `SimEnv.reset`/`step` returns, comes from `receive`."""
+        self._check_open()
+        if command not in ("reset", "step"):
+            raise ValueError(f"unknown command {command!r}; expected reset or step")
+        if index in self._pending:
+            raise RuntimeError(f"env {index} already has a {self._pending[index][0]} in flight; receive() it first")
+        self._send(index, command, np.asarray(argument, dtype=np.float32) if command == "step" else argument)
+        self._pending[index] = (command, time.monotonic())
+
+    def receive(self) -> tuple[int, Any]:
+        """(index, answer) of the env, among those with a request in flight, that answered first (the oldest
+        request when several have). A worker silent for `step_timeout_s` raises WorkerTimeout, a dead one
+        WorkerError, after every worker is shut down."""
+        self._check_open()
+        if not self._pending:
+            raise RuntimeError("no request in flight: send() one first")
+        while True:
+            ready = wait_for_any([self._conns[index] for index in self._pending], timeout=0.05)
+            if ready:
+                index = min((self._conns.index(conn) for conn in ready), key=lambda i: self._pending[i][1])
+                command, _ = self._pending.pop(index)
+                return index, self._recv(index, command)
+            now = time.monotonic()
+            for index, (command, sent) in self._pending.items():
+                if now - sent > self.step_timeout_s:
+                    self._fail(WorkerTimeout(index, f"no answer to {command} within {self.step_timeout_s:.0f} s"))
 
     # -- Gymnasium-style API ----------------------------------------------------------------------------------
     def reset(self, seed: int | Sequence[int | None] | None = None) -> tuple[dict, dict]:

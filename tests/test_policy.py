@@ -137,13 +137,11 @@ def test_vectorised_eval_matches_the_serial_one(tiny_policy, tmp_path):
     from voltron.policy.evaluate import run_episodes
 
     policy = load_policy(tiny_policy[0])
-    serial, _, _, _ = run_episodes(policy, TASK, 2, seed=5, num_envs=1, horizon=8, image_size=64, progress=False)
-    vector, _, _, _ = run_episodes(policy, TASK, 2, seed=5, num_envs=2, horizon=8, image_size=64, progress=False)
-    exact = ("episode", "seed", "success", "length")
-    assert [{k: e[k] for k in exact} for e in serial] == [{k: e[k] for k in exact} for e in vector]
-    # a batch of 2 and a batch of 1 round the policy's actions differently in the last float32 bit
-    for key in ("sum_reward", "max_reward"):
-        assert [e[key] for e in serial] == pytest.approx([e[key] for e in vector], rel=1e-5)
+    options = dict(seed=5, horizon=8, image_size=64, progress=False, threads=1)  # threads: GEMM sums split by them
+    serial, _, _, _ = run_episodes(policy, TASK, 2, num_envs=1, **options)
+    vector, _, _, _ = run_episodes(policy, TASK, 2, num_envs=2, **options)
+    # each env has its own policy fork acting on batches of one: the same actions, bit for bit, however many envs
+    assert serial == vector and [e["episode"] for e in vector] == [0, 1]
 
 
 def test_mismatched_policy_fails_before_any_rollout(tiny_policy):
@@ -274,4 +272,4 @@ def test_eval_resumes_after_sigkill_with_identical_episodes(tiny_policy, tmp_pat
     resumed = json.loads((killed_dir / "results.json").read_text())[0]["per_episode"]
     whole = json.loads((whole_dir / "results.json").read_text())[0]["per_episode"]
     assert resumed == whole and [e["episode"] for e in resumed] == [0, 1, 2, 3]
-    assert [{k: v for k, v in e.items() if k != "round"} for e in kept] == whole[: len(kept)]
+    assert kept == whole[: len(kept)]

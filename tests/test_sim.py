@@ -327,6 +327,34 @@ def test_vector_env_reports_a_killed_worker_without_hanging():
         VectorSimEnv.from_task("reach", 1, vector_kwargs={"start_timeout_s": 0.01})
 
 
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
+def test_vector_env_one_at_a_time_gives_the_lockstep_answers_and_reports_a_dead_worker():
+    expert = ScriptedExpert("button-press-topdown")
+    with VectorSimEnv.from_task("button-press-topdown", 2, image_size=32, horizon=5) as venv:
+        obs, info = venv.reset(seed=[7, 3])
+        lockstep = [venv.step(expert.act_batch(info["state"]))]
+        lockstep.append(venv.step(expert.act_batch(lockstep[-1][4]["state"])))
+        venv.send(1, "reset", 3)  # env 1 runs seed 3 again, alone, while env 0 sits on seed 7's second step
+        index, (obs1, info1) = venv.receive()
+        assert index == 1 and np.array_equal(info1["state"], info["state"][1])
+        with pytest.raises(RuntimeError, match="no request in flight"):
+            venv.receive()
+        for step in lockstep:
+            venv.send(1, "step", expert(info1["state"]))
+            with pytest.raises(RuntimeError, match="already has a step in flight"):
+                venv.send(1, "step", expert(info1["state"]))
+            index, (obs1, reward, terminated, truncated, info1) = venv.receive()
+            assert index == 1 and reward == step[1][1] and np.array_equal(obs1["image"], step[0]["image"][1])
+        venv.send(0, "step", np.zeros(4))
+        venv.send(1, "step", np.zeros(4))
+        assert sorted(venv.receive()[0] for _ in range(2)) == [0, 1]
+        os.kill(venv.pids[0], signal.SIGKILL)
+        venv.send(0, "step", np.zeros(4))
+        with pytest.raises(WorkerError, match=r"worker 0: process \d+ was killed by signal SIGKILL during step"):
+            venv.receive()
+        assert venv.closed
+
+
 # -- CLI ---------------------------------------------------------------------------------------------------------
 def test_cli_registers_sim_commands(tmp_path):
     from voltron.cli import build_parser

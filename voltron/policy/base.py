@@ -28,6 +28,7 @@ module in config.json, so `load_policy` imports the head's file itself; sim eval
 
 from __future__ import annotations
 
+import copy
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -81,6 +82,17 @@ class Policy(nn.Module, ABC):
     @abstractmethod
     def reset(self) -> None:
         """Forget what earlier steps left behind (observation history, queued actions): call at an episode start."""
+
+    def fork(self) -> Policy:
+        """A policy that shares this one's weights but keeps its own episode state (observation history, queued
+        actions), so several episodes can run at once: evaluation gives each of its envs one.
+
+        The default is a shallow copy, then `reset()`; that suits a head whose `reset` assigns fresh state
+        (`self._history = []`). A head that empties a container in place (`self._queue.clear()`) overrides this.
+        """
+        twin = copy.copy(self)
+        twin.reset()
+        return twin
 
     def get_optim_params(self) -> list[dict[str, Any]] | list[nn.Parameter]:
         """What the optimiser trains: parameters, or parameter groups with their own settings (e.g. an "lr")."""

@@ -1,4 +1,4 @@
-"""Policy evaluation in MuJoCo: batched rollouts over vectorised envs, success with a 95% interval, files to look at."""
+"""Policy evaluation in MuJoCo: rollouts over parallel envs, success with a 95% interval, files to look at."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from voltron.io import atomic_write_bytes, atomic_write_json, sha256_file
 # Evaluation episodes start at this reset seed by default; `voltron sim collect` and the suites' demos start at 0,
 # so no evaluation episode starts in a scene a demonstration showed.
 EVAL_SEED_OFFSET = 100_000
-EPISODES_NAME = "episodes.jsonl"  # one line per finished episode, appended as rounds finish (resume reads it)
+EPISODES_NAME = "episodes.jsonl"  # one line per finished episode, appended as each finishes (resume reads it)
 LOWDIM_IMAGE_SIZE = 16  # the blank frame a policy without an encoder gets (nothing is rendered for it)
 
 
@@ -145,20 +146,24 @@ def run_episodes(
     image_size: int = 224,
     record: int = 0,
     progress: bool = True,
-    done_rounds: set[int] | None = None,
-    on_round: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    done_episodes: set[int] | None = None,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
     threads: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[list[np.ndarray]], float, int]:
-    """Run `episodes` episodes (seeds seed, seed+1, ...) with the policy batched across `num_envs` envs.
+    """Run `episodes` episodes (episode i starts from reset seed `seed + i`) on `num_envs` envs at once.
 
-    The policy runs on `threads` torch threads meanwhile (default `policy_threads`: the cores the render workers
-    leave free).
+    The envs are driven one at a time, not in lockstep: as soon as one env's frame arrives the policy acts on it
+    (a batch of one) while the other envs render, and an env whose episode ended starts the next episode at once.
+    On 2 cores that keeps both busy where lockstep left each idle while the other rendered, the policy ran, or
+    the slowest episode of a round finished (bench/eval.py). Each env has its own `policy.fork()` for its episode
+    state, so an episode's actions depend only on the policy, its seed and the torch thread count: not on
+    `num_envs`, on the other episodes, or on the order they finish in.
 
-    Episodes run in fixed rounds of `num_envs` (round r holds episodes r*num_envs ...), so a round's results do
-    not depend on which other rounds ran: `done_rounds` are skipped (resume), and `on_round(r, records)` is called
-    as each round finishes (to write it down before the next starts).
-    Returns per-episode records of the rounds run here, the frames of the first `record` episodes, the rollout's
-    wall seconds (after the environments started) and the env steps taken.
+    `done_episodes` are skipped (resume), and `on_episode(record)` is called as each episode finishes (to write it
+    down before the next ends). The policy runs on `threads` torch threads (default `policy_threads`: the cores
+    the render workers leave free).
+    Returns the per-episode records of the episodes run here (by episode), the frames of the first `record`
+    episodes, the rollout's wall seconds (after the environments started) and the env steps taken.
     """
     import torch
 
@@ -171,7 +176,6 @@ def run_episodes(
     horizon = int(horizon or spec.horizon)
     if horizon < 1 or episodes < 1:
         raise ValueError(f"horizon={horizon}, episodes={episodes}: both must be at least 1")
-    num_envs = max(1, min(num_envs, episodes))
     camera = policy.cameras[0] if policy.cameras else None  # the simulator renders the one camera a policy reads
     if camera is None:
         image_size, record = LOWDIM_IMAGE_SIZE, 0
@@ -183,85 +187,74 @@ def run_episodes(
         render_images=camera is not None,
         mesh_cell=DEFAULT_MESH_CELL,  # as the demos were rendered (their env_args record it)
     )
-    rounds = [r for r in range(math.ceil(episodes / num_envs)) if r not in (done_rounds or set())]
-    records: list[dict[str, Any]] = []
+    queue = deque(e for e in range(episodes) if e not in (done_episodes or set()))
     videos: list[list[np.ndarray]] = [[] for _ in range(min(record, episodes))]
-    steps_taken = 0
-    if not rounds:
-        return records, [], 0.0, 0
-    run_episodes = sum(len(range(r * num_envs, min((r + 1) * num_envs, episodes))) for r in rounds)
-    bar = tqdm(total=run_episodes * horizon, desc=f"eval {task}", unit="step", disable=not progress)
-    if num_envs == 1:  # in-process: no worker to start (the serial baseline of bench/eval.py)
-        env = SimEnv(task, **env_kwargs)
-        step_fn, reset_fn, closer = (lambda a: _batched_step(env, a)), (lambda s: _batched_reset(env, s[0])), env.close
-        action_dim = env.action_space.shape[-1]
-    else:
-        vec = VectorSimEnv.from_task(task, num_envs, **env_kwargs)
-        step_fn, reset_fn, closer = vec.step, vec.reset, vec.close
-        action_dim = vec.action_space.shape[-1]
+    if not queue:
+        return [], [], 0.0, 0
+    num_envs = max(1, min(num_envs, len(queue)))
+    bar = tqdm(total=len(queue) * horizon, desc=f"eval {task}", unit="step", disable=not progress)
+    # in process for one env: no worker to start (the serial baseline of bench/eval.py)
+    envs = _InProcessEnv(SimEnv(task, **env_kwargs)) if num_envs == 1 else VectorSimEnv.from_task(
+        task, num_envs, **env_kwargs
+    )
+    streams = [policy] if num_envs == 1 else [policy.fork() for _ in range(num_envs)]
+    running: dict[int, dict[str, Any]] = {}  # env slot -> the record of the episode it runs
+    records: list[dict[str, Any]] = []
+    steps_taken, checked = 0, False
+
+    def start_next(slot: int) -> None:
+        if not queue:
+            running.pop(slot, None)
+            return
+        episode = queue.popleft()
+        running[slot] = {"episode": episode, "seed": seed + episode, "success": False, "length": horizon,
+                         "sum_reward": 0.0, "max_reward": -math.inf, "t": 0}  # fmt: skip
+        envs.send(slot, "reset", seed + episode)
+
     start = time.perf_counter()  # rollouts only: worker start-up is not what steps/s measures
-    successes_so_far = 0
     all_threads = torch.get_num_threads()
     # The workers' renderers keep num_envs cores busy; a policy spreading its ops over every core on top of them
     # waits at every op's thread barrier for a core (bench/eval.py: 2.4x env steps/s with 1 thread of 2 here).
     torch.set_num_threads(threads or policy_threads(num_envs, all_threads))
     try:
-        for round_index in rounds:
-            ids = list(range(round_index * num_envs, min((round_index + 1) * num_envs, episodes)))
-            seeds = [seed + i for i in ids] + [seed + ids[-1]] * (num_envs - len(ids))  # pad the last round
-            obs, info = reset_fn(seeds)
-            if not records:  # before the first step: sizes and camera against what this env gives and takes
-                check_fits(
-                    policy,
-                    EnvSpec.from_observation(f"task {task!r}", policy_observation(obs, info, camera), action_dim),
-                )
-            policy.reset()
-            success = np.zeros(num_envs, dtype=bool)
-            length = np.full(num_envs, horizon)
-            done = np.zeros(num_envs, dtype=bool)
-            sum_reward = np.zeros(num_envs)
-            max_reward = np.full(num_envs, -np.inf)
-            round_steps = 0
-            for t in range(horizon):
-                for slot, episode in enumerate(ids):
-                    if episode < len(videos) and not done[slot]:
-                        videos[episode].append(obs["image"][slot])
-                actions = policy.select_action(policy_observation(obs, info, camera))
-                obs, reward, terminated, truncated, info = step_fn(actions)
-                active = ~done
-                steps_taken += int(active[: len(ids)].sum())
-                round_steps += int(active[: len(ids)].sum())
-                bar.update(int(active[: len(ids)].sum()))
-                sum_reward[active] += np.asarray(reward)[active]
-                max_reward[active] = np.maximum(max_reward[active], np.asarray(reward)[active])
-                newly = np.asarray(info["success"], dtype=bool) & ~success & ~done
-                length[newly] = t + 1
-                success |= newly
-                done |= np.asarray(terminated) | np.asarray(truncated)
-                if done[: len(ids)].all():
-                    break
-            bar.update(len(ids) * horizon - round_steps)  # the bar counts each episode's full horizon
-            round_records = [
-                {
-                    "episode": episode,
-                    "seed": seed + episode,
-                    "success": bool(success[slot]),
-                    "length": int(length[slot]),
-                    "sum_reward": float(sum_reward[slot]),
-                    "max_reward": float(max_reward[slot]),
-                }  # fmt: skip
-                for slot, episode in enumerate(ids)
-            ]
-            records.extend(round_records)
-            successes_so_far += int(success[: len(ids)].sum())
-            bar.set_postfix(success=f"{successes_so_far}/{len(records)}")
-            if on_round is not None:
-                on_round(round_index, round_records)
+        for slot in range(num_envs):
+            start_next(slot)
+        while running:
+            slot, answer = envs.receive()
+            episode = running[slot]
+            if len(answer) == 2:  # a reset: the episode's first observation
+                obs, info = answer
+                streams[slot].reset()
+            else:
+                obs, reward, terminated, truncated, info = answer
+                episode["t"] += 1
+                steps_taken += 1
+                bar.update(1)
+                episode["sum_reward"] += float(reward)
+                episode["max_reward"] = max(episode["max_reward"], float(reward))
+                if info["success"] and not episode["success"]:
+                    episode["success"], episode["length"] = True, episode["t"]
+                if terminated or truncated or episode["t"] >= horizon:
+                    bar.update(horizon - episode["t"])  # the bar counts each episode's full horizon
+                    del episode["t"]
+                    records.append(episode)
+                    bar.set_postfix(success=f"{sum(r['success'] for r in records)}/{len(records)}")
+                    if on_episode is not None:
+                        on_episode(episode)
+                    start_next(slot)
+                    continue
+            observation = policy_observation(_batch_of_one(obs), {"state": info["state"][None]}, camera)
+            if not checked:  # before the first step: sizes and camera against what this env gives and takes
+                check_fits(policy, EnvSpec.from_observation(f"task {task!r}", observation, envs.action_space.shape[-1]))
+                checked = True
+            if episode["episode"] < len(videos):
+                videos[episode["episode"]].append(obs["image"])
+            envs.send(slot, "step", streams[slot].select_action(observation)[0])
     finally:
         bar.close()
-        closer()
+        envs.close()
         torch.set_num_threads(all_threads)
-    return records, videos, time.perf_counter() - start, steps_taken
+    return sorted(records, key=lambda r: r["episode"]), videos, time.perf_counter() - start, steps_taken
 
 
 def policy_threads(num_envs: int, threads: int) -> int:
@@ -276,16 +269,21 @@ def _batch_of_one(obs: dict) -> dict:
     return {"image": obs["image"][None], "proprio": obs["proprio"][None], "language": [obs["language"]]}
 
 
-def _batched_reset(env: Any, seed: int) -> tuple[dict, dict]:
-    obs, info = env.reset(seed=seed)
-    return _batch_of_one(obs), {"success": np.array([bool(info.get("success", False))]), "state": info["state"][None]}
+class _InProcessEnv:
+    """One env behind VectorSimEnv's send/receive, in this process (each request is answered as it is sent)."""
 
+    def __init__(self, env: Any) -> None:
+        self.env, self.action_space, self._answer = env, env.action_space, None
 
-def _batched_step(env: Any, actions: np.ndarray) -> tuple:
-    obs, reward, terminated, truncated, info = env.step(actions[0])
-    info = {"success": np.array([bool(info["success"])]), "state": info["state"][None]}
-    rewards = np.array([reward], dtype=np.float32)  # as VectorSimEnv batches them
-    return _batch_of_one(obs), rewards, np.array([terminated]), np.array([truncated]), info
+    def send(self, index: int, command: str, argument: Any) -> None:
+        self._answer = self.env.reset(seed=argument) if command == "reset" else self.env.step(argument)
+
+    def receive(self) -> tuple[int, Any]:
+        answer, self._answer = self._answer, None
+        return 0, answer
+
+    def close(self) -> None:
+        self.env.close()
 
 
 def check_seeds(policy_dir: Path, seed: int, episodes: int, allow_overlap: bool) -> None:
@@ -301,18 +299,18 @@ def check_seeds(policy_dir: Path, seed: int, episodes: int, allow_overlap: bool)
         )
 
 
-def _read_finished(path: Path, settings: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
-    """Rounds already finished by an earlier (killed) run with the same settings, from its episodes.jsonl."""
+def _read_finished(path: Path, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Episodes already finished by an earlier (killed) run with the same settings, from its episodes.jsonl."""
     if not path.is_file():
         return {}
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rounds: dict[int, list[dict[str, Any]]] = {}
+    finished: dict[int, dict[str, Any]] = {}
     for number, line in enumerate(lines):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines) - 1:
-                break  # a line cut short by a kill: that round runs again
+                break  # a line cut short by a kill: that episode runs again
             raise ValueError(f"{path}: line {number + 1} is not JSON; expected one episode record per line") from None
         if "settings" in entry:
             if entry["settings"] != settings:
@@ -322,8 +320,9 @@ def _read_finished(path: Path, settings: dict[str, Any]) -> dict[int, list[dict[
                     "pass another --out, or delete that file to start over"
                 )
             continue
-        rounds.setdefault(int(entry["round"]), []).append(entry)
-    return rounds
+        entry.pop("round", None)  # files written before episodes ran unbatched grouped them in rounds
+        finished[int(entry["episode"])] = entry
+    return finished
 
 
 def evaluate(
@@ -382,20 +381,19 @@ def evaluate(
     if not log_path.is_file():
         atomic_write_bytes(log_path, (json.dumps({"settings": settings}) + "\n").encode())
     else:  # rewrite without a line a kill may have cut short, so appends start on a fresh line
-        kept = [json.dumps({"settings": settings})] + [json.dumps(r) for rs in finished.values() for r in rs]
+        kept = [json.dumps({"settings": settings})] + [json.dumps(r) for r in finished.values()]
         atomic_write_bytes(log_path, ("\n".join(kept) + "\n").encode())
 
-    def on_round(round_index: int, round_records: list[dict[str, Any]]) -> None:
-        with open(log_path, "a") as log:  # one write per round: a kill loses at most the round in flight
-            log.write("".join(json.dumps({"round": round_index, **r}) + "\n" for r in round_records))
+    def on_episode(record: dict[str, Any]) -> None:
+        with open(log_path, "a") as log:  # one line per episode: a kill loses at most the episodes in flight
+            log.write(json.dumps(record) + "\n")
             log.flush()
 
     records, frames, seconds, steps = run_episodes(
         policy, task, episodes, seed, num_envs, horizon, image_size, record=videos, progress=progress,
-        done_rounds=set(finished), on_round=on_round,
+        done_episodes=set(finished), on_episode=on_episode,
     )  # fmt: skip
-    records = sorted([*records, *(r for rs in finished.values() for r in rs)], key=lambda r: r["episode"])
-    records = [{k: v for k, v in r.items() if k != "round"} for r in records]
+    records = sorted([*records, *finished.values()], key=lambda r: r["episode"])
     successes = sum(r["success"] for r in records)
     low, high = wilson_interval(successes, len(records))
     result = EvalResult(
