@@ -20,7 +20,8 @@ class CollectConfig:
     out: str = ""  # output .hdf5 path (or LeRobot dataset folder), e.g. demos/drawer-open.hdf5; required
     episodes: int = 25  # successful episodes to write
     overwrite: bool = False  # replace `out` if it exists (once the new file is complete)
-    action_noise: float = 0.0  # Gaussian action noise std
+    action_noise: float = 0.0  # Gaussian action noise std, executed and recorded
+    dart_noise: float = 0.0  # Gaussian noise std executed but not recorded (DART: demos label the clean action)
     seed: int = 0  # attempt k resets with seed + k
     camera: str | None = None  # camera name (None: the task's)
     image_size: int = 224  # square image size in pixels
@@ -78,7 +79,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument(
         "--overwrite", action="store_true", help="replace --out if it exists (once the new file is complete)"
     )
-    collect.add_argument("--action-noise", type=float, help="Gaussian action noise std (default 0)")
+    collect.add_argument(
+        "--action-noise", type=float, help="Gaussian action noise std, executed and recorded (default 0)"
+    )
+    collect.add_argument(
+        "--dart-noise",
+        type=float,
+        metavar="SIGMA",
+        help="DART: Gaussian noise std added to the executed action only; the demo records the expert's clean "
+        "action (default 0)",
+    )
     collect.add_argument("--seed", type=int, help="attempt k resets with seed+k (default 0)")
     collect.add_argument("--camera", help="camera name (default: the task's, corner)")
     collect.add_argument("--image-size", type=int, help="square image size in pixels (default 224)")

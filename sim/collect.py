@@ -1,8 +1,14 @@
-"""Scripted-expert demonstration collection: successful MetaWorld rollouts written as household-demo HDF5."""
+"""Scripted-expert demonstration collection: successful MetaWorld rollouts written as household-demo HDF5.
+
+Two kinds of noise: `action_noise` perturbs the expert's action, which is then both executed and recorded (noisy
+demos); `dart_noise` (DART, Laskey et al. 2017) perturbs only the executed action, and the demo records the expert's
+clean action there, so the demos show how the expert recovers from the small misses a cloned policy makes.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -13,11 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from voltron.datasets.demos import Episode, write_demos
+from voltron.errors import UserError
 from voltron.sim.env import SimEnv
 from voltron.sim.experts import expert_name, make_expert, rollout
 from voltron.sim.tasks import get_task
 
 GIVE_UP_AFTER = 10  # attempts without a single success before collection stops
+DART_STREAM = 1  # an attempt's DART noise is drawn from the seed (seed, attempt, DART_STREAM): apart from the expert's
 
 
 @dataclass
@@ -43,7 +51,34 @@ def _version(package: str) -> str:
 ACTION_KEYS = {"metaworld": ["dx", "dy", "dz", "gripper"]}
 
 
-def env_args_for(env: SimEnv, *, action_noise: float, seed: int) -> dict:
+def check_noise(name: str, value: float) -> float:
+    """`value` as a float if it is a usable noise standard deviation (finite, >= 0); a one-line UserError if not."""
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        sigma = math.nan
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise UserError(key=name, value=value, expected="a finite standard deviation >= 0 (in action units), e.g. 0.1")
+    return sigma
+
+
+class DartExecution:
+    """`env` whose `step` executes the action plus zero-mean Gaussian noise of std `sigma` (clipped to the action
+    range [-1, 1]); every other attribute is the env's. `rollout` records the action it was given (the expert's
+    clean one), so the demo's labels stay clean while the trajectory drifts as a cloned policy's would."""
+
+    def __init__(self, env: SimEnv, sigma: float, rng: np.random.Generator) -> None:
+        self.env, self.sigma, self.rng = env, sigma, rng
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        noise = self.rng.normal(0.0, self.sigma, size=np.shape(action))
+        return self.env.step(np.clip(action + noise, -1.0, 1.0).astype(np.float32))
+
+    def __getattr__(self, name: str):
+        return getattr(self.env, name)
+
+
+def env_args_for(env: SimEnv, *, action_noise: float, seed: int, dart_noise: float = 0.0) -> dict:
     """The `data` attribute `env_args`: enough to rebuild the environment the demos came from."""
     env_kwargs = {
         "camera": env.camera,
@@ -70,6 +105,7 @@ def env_args_for(env: SimEnv, *, action_noise: float, seed: int) -> dict:
         "cameras": [env.camera, *(view for view in env.task.views if view != env.camera)],
         "expert": expert_name(env.task),
         "action_noise": action_noise,
+        "dart_noise": dart_noise,  # std of the noise executed but not recorded (DART); 0: the expert ran clean
         "seed": seed,
         "metaworld_version": _version("metaworld"),
         "mujoco_version": _version("mujoco"),
@@ -83,6 +119,7 @@ def iter_successful_episodes(
     stats: CollectStats,
     *,
     action_noise: float = 0.0,
+    dart_noise: float = 0.0,
     seed: int = 0,
     max_attempts: int | None = None,
     post_success_steps: int = 10,
@@ -91,11 +128,14 @@ def iter_successful_episodes(
     """Roll out the expert until `n_episodes` succeed (or `max_attempts` run out, or the first `GIVE_UP_AFTER`
     all fail), yielding only the successes.
 
-    Attempt k resets the env with seed `seed + k` and seeds the action noise from (seed, k), so a run is
-    reproducible; each yielded episode records its reset seed in `attrs["seed"]`.
+    Attempt k resets the env with seed `seed + k` and seeds the action noise from (seed, k) and the DART noise from
+    (seed, k, DART_STREAM), so a run is reproducible; each yielded episode records its reset seed in `attrs["seed"]`.
+    With `dart_noise > 0` the env executes the expert's action plus noise of that std and the episode records the
+    expert's action (`DartExecution`).
     """
     max_attempts = max_attempts or 4 * n_episodes
-    expert = make_expert(env.task, action_noise=action_noise, env=env)
+    dart_noise = check_noise("dart_noise", dart_noise)
+    expert = make_expert(env.task, action_noise=check_noise("action_noise", action_noise), env=env)
     views = [view for view in env.task.views if view != env.camera]  # every view a suite reports, in one file
     bar = tqdm(total=n_episodes, desc=f"collect {env.task.name}", unit="demo", disable=not progress)
     try:
@@ -104,7 +144,10 @@ def iter_successful_episodes(
                 break  # an expert that never succeeds would render every remaining attempt for nothing
             episode_seed = seed + stats.attempts
             expert.reset(seed=[seed, stats.attempts])
-            record = rollout(env, expert, seed=episode_seed, post_success_steps=post_success_steps, views=views)
+            runner = env
+            if dart_noise > 0:
+                runner = DartExecution(env, dart_noise, np.random.default_rng([seed, stats.attempts, DART_STREAM]))
+            record = rollout(runner, expert, seed=episode_seed, post_success_steps=post_success_steps, views=views)
             stats.attempts += 1
             bar.set_postfix(expert_success=f"{stats.successes + record.success}/{stats.attempts}")
             if not record.success:
@@ -133,6 +176,7 @@ def collect(
     out: str | os.PathLike,
     *,
     action_noise: float = 0.0,
+    dart_noise: float = 0.0,
     seed: int = 0,
     camera: str | None = None,
     image_size: int = 224,
@@ -146,7 +190,9 @@ def collect(
     out_format: str = "hdf5",
 ) -> tuple[Path, CollectStats]:
     """Collect `n_episodes` successful expert demonstrations of `task` into the HDF5 file `out` (atomically), or
-    with `out_format="lerobot"` into the LeRobot v3.0 dataset folder `out`."""
+    with `out_format="lerobot"` into the LeRobot v3.0 dataset folder `out`. `action_noise` is executed and recorded,
+    `dart_noise` only executed (see the module docstring); both are written into `env_args`."""
+    action_noise, dart_noise = check_noise("action_noise", action_noise), check_noise("dart_noise", dart_noise)
     if n_episodes < 1:
         raise ValueError(f"n_episodes={n_episodes}: expected at least 1")
     if image_size < 1:  # checked here: HDF5 would only fail at the first frame, with a chunk-size error
@@ -162,12 +208,13 @@ def collect(
             n_episodes,
             stats,
             action_noise=action_noise,
+            dart_noise=dart_noise,
             seed=seed,
             max_attempts=max_attempts,
             post_success_steps=post_success_steps,
             progress=progress,
         )
-        args = env_args_for(env, action_noise=action_noise, seed=seed)
+        args = env_args_for(env, action_noise=action_noise, dart_noise=dart_noise, seed=seed)
         if out_format == "lerobot":
             from voltron.datasets.lerobot import write_lerobot_demos
 
@@ -221,6 +268,7 @@ def main(args) -> int:
             args.episodes,
             args.out,
             action_noise=args.action_noise,
+            dart_noise=getattr(args, "dart_noise", 0.0),
             seed=args.seed,
             camera=args.camera,
             image_size=args.image_size,
@@ -238,13 +286,13 @@ def main(args) -> int:
         return 2
     print(
         f"expert success rate on {args.task}: {stats.successes}/{stats.attempts} = {stats.success_rate:.1%} "
-        f"(action noise {args.action_noise})"
+        f"(action noise {args.action_noise}, DART noise {getattr(args, 'dart_noise', 0.0)})"
     )
     print(f"wrote {stats.successes} successful episodes to {path}")
     if stats.successes < args.episodes:
         print(
             f"warning: asked for {args.episodes} episodes but only {stats.successes} succeeded within "
-            f"{stats.attempts} attempts; raise --max-attempts or lower --action-noise",
+            f"{stats.attempts} attempts; raise --max-attempts or lower --action-noise/--dart-noise",
             file=sys.stderr,
         )
         return 1

@@ -374,3 +374,67 @@ def test_cli_registers_sim_commands(tmp_path):
     args = parser.parse_args(["sim", "make-corpus", "--out", "corpus"])
     resolved = command_config(CorpusConfig, args, "voltron sim make-corpus", ("out",))
     assert resolved.tasks == "45" and resolved.clips_per_task == 10 and callable(args.func)
+
+
+# -- DART noise in demo collection ---------------------------------------------------------------------------------
+class _ExpertSpy:
+    """The real expert, keeping what it returned in the current attempt (collection resets it per attempt)."""
+
+    def __init__(self, expert):
+        self.expert, self.returned = expert, []
+
+    def reset(self, seed=None):
+        self.expert.reset(seed)
+        self.returned = []
+
+    def __call__(self, state):
+        self.returned.append(self.expert(state))
+        return self.returned[-1]
+
+
+@pytest.mark.slow  # over ~5 s on 2 cores: `make test` runs it, `make test-fast` leaves it out
+@pytest.mark.parametrize("task", ["button-press-topdown", "kitchen-knob-on"])
+def test_dart_noise_is_executed_but_the_demo_records_the_clean_action(tmp_path, monkeypatch, task):
+    from voltron.policy.suite import ensure_demos
+    from voltron.sim import collect as collect_module
+    from voltron.sim.experts import make_expert
+
+    spies = []
+
+    def spy_on_expert(*args, **kwargs):
+        spies.append(_ExpertSpy(make_expert(*args, **kwargs)))
+        return spies[-1]
+
+    monkeypatch.setattr(collect_module, "make_expert", spy_on_expert)
+    camera = get_task(task).camera
+    path = ensure_demos(task, 1, tmp_path, 8, camera, progress=False, dart_noise=0.1)  # the suite's way in
+    assert path.name == f"{task}-1x8px-{camera}-dart0.1.hdf5"  # never the noise-free file's name
+    with DemoFile(path) as demos:
+        dart = demos[0]
+        assert (demos.env_args["dart_noise"], demos.env_args["action_noise"]) == (0.1, 0.0)
+    # every label is the expert's own (clean) action for the state it saw ...
+    assert np.array_equal(dart.actions, np.stack(spies[0].returned))
+    # ... while the env executed something else: the noise-free expert from the same reset seed goes elsewhere
+    clean_path, _ = collect_module.collect(
+        task, 1, tmp_path / "clean.hdf5", seed=dart.attrs["seed"], image_size=8, valid_fraction=0.0, progress=False
+    )
+    with DemoFile(clean_path) as demos:
+        clean = demos[0]
+        assert demos.env_args["dart_noise"] == 0.0 and clean.attrs["seed"] == dart.attrs["seed"]
+    steps = min(len(clean), len(dart))
+    assert np.array_equal(clean.state[0], dart.state[0])  # the same scene ...
+    assert np.abs(clean.state[1:steps] - dart.state[1:steps]).max() > 1e-3  # ... and a different trajectory
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
+def test_a_bad_dart_noise_is_one_line_naming_it(tmp_path, capsys, value):
+    from voltron.cli import main
+    from voltron.errors import UserError
+    from voltron.sim.collect import collect
+
+    with pytest.raises(UserError, match=r"^dart_noise=.*expected a finite standard deviation >= 0") as error:
+        collect("button-press-topdown", 1, tmp_path / "d.hdf5", dart_noise=value, image_size=8, progress=False)
+    assert "\n" not in str(error.value) and not (tmp_path / "d.hdf5").exists()
+    assert main(f"sim collect --task reach --out {tmp_path}/d.hdf5 --dart-noise {value}".split()) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert stderr.startswith("error: dart_noise=") and "\n" not in stderr and not (tmp_path / "d.hdf5").exists()

@@ -44,6 +44,7 @@ class SuiteSpec:
     tasks: tuple[str, ...]
     camera: str  # the default view, chosen from what it shows (see the README's evaluation section)
     views: tuple[str, ...] = ()  # several: one policy per view, rows per view and their mean (the paper's kitchen)
+    dart_noise: float = 0.0  # the demos' DART noise (executed, not recorded; sim/collect.py), from the oracle's rate
 
 
 def suite_spec(name: str) -> SuiteSpec:
@@ -83,6 +84,7 @@ class SuiteOptions:
     labels: list[str] | None = None  # display names for the encoders (default: their ids or folder names)
     random_init: list[bool] | None = None  # per encoder: evaluate its architecture randomly initialised
     references: bool = True  # the state-oracle and proprio-only rows
+    dart_noise: float | None = None  # DART noise std in demo collection (None: the suite's, SuiteSpec.dart_noise)
     train_overrides: list[str] = field(default_factory=list)
     progress: bool = True
 
@@ -127,15 +129,22 @@ def encoder_label(encoder: str, random_init: bool) -> str:
     return f"{name} (random init)" if random_init else name
 
 
-def ensure_demos(task: str, count: int, out: Path, image_size: int, camera: str, progress: bool) -> Path:
+def ensure_demos(
+    task: str, count: int, out: Path, image_size: int, camera: str, progress: bool, dart_noise: float = 0.0
+) -> Path:
     """Scripted-expert demos (reset seeds 0, 1, ...) at the task's own horizon, every one in the train split (a
-    demo-count sweep trains on the first N); they carry the simulator state for the state oracle."""
+    demo-count sweep trains on the first N); they carry the simulator state for the state oracle. `dart_noise`
+    names the file too, so demos of different noise are never mixed."""
     from voltron.sim.collect import collect
 
-    path = out / "demos" / f"{task}-{count}x{image_size}px-{camera}.hdf5"
+    noise = f"-dart{dart_noise:g}" if dart_noise else ""
+    path = out / "demos" / f"{task}-{count}x{image_size}px-{camera}{noise}.hdf5"
     if not path.is_file():
         with _Timing(path.with_name(f"{path.stem}.timing.json")).stage("collect_s"):
-            collect(task, count, path, seed=0, image_size=image_size, camera=camera, valid_fraction=0.0, progress=progress)  # fmt: skip
+            collect(
+                task, count, path, seed=0, image_size=image_size, camera=camera, valid_fraction=0.0,
+                progress=progress, dart_noise=dart_noise,
+            )  # fmt: skip
     return path
 
 
@@ -263,6 +272,7 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     spec = suite_spec(options.suite)
     tasks = list(options.tasks or spec.tasks)
     camera = options.camera or spec.camera
+    dart_noise = spec.dart_noise if options.dart_noise is None else options.dart_noise
     views = (options.camera,) if options.camera else (spec.views or (camera,))
     counts = sorted(set(options.demos_per_task))
     if not counts or counts[0] < 1 or options.seeds < 1 or options.episodes < 1:
@@ -283,7 +293,7 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     skipped: dict[str, str] = {}
     for task in tasks:
         try:
-            demos = ensure_demos(task, counts[-1], out, options.image_size, camera, options.progress)
+            demos = ensure_demos(task, counts[-1], out, options.image_size, camera, options.progress, dart_noise)
         except NoSuccessfulEpisodes as error:  # reported as not run, not as 0%: nothing measured the encoders
             skipped[task] = f"the scripted expert never succeeded, so there are no demos: {error}"
             continue
@@ -334,7 +344,10 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
                 if count == n and label not in (ORACLE, FLOOR):
                     margins[table_label] = margin(table_rows[table_label]["mean"], floor["mean"])
     table = SuiteTable(tasks, table_rows, broken, margins, skipped)
-    protocol = {**asdict(options), "camera": camera, "views": list(views), "tasks": tasks, "oracle_min": ORACLE_MIN}
+    protocol = {
+        **asdict(options), "camera": camera, "views": list(views), "tasks": tasks, "oracle_min": ORACLE_MIN,
+        "dart_noise": dart_noise,
+    }  # fmt: skip
     runs = {label: {t: [asdict(r) for r in rs] for t, rs in by_task.items()} for label, by_task in results.items()}
     times = wall_times(out, tasks, [labels[key] for key in labels if key[2] != "mean"])
     atomic_write_json(
@@ -367,10 +380,12 @@ def _row_label(label: str, n_demos: int | None, view: str | None) -> str:
 
 def protocol_note(protocol: dict[str, Any]) -> str:
     episodes = protocol["checkpoint_episodes"] or protocol["episodes"]
+    dart = f" (DART noise {protocol['dart_noise']:g})" if protocol.get("dart_noise") else ""
     return (
         f"Protocol: {protocol['suite']} ({', '.join(protocol['tasks'])}), "
         f"view(s) {', '.join(f'`{v}`' for v in protocol.get('views') or [protocol['camera']])} at "
-        f"{protocol['image_size']} px, {'/'.join(map(str, protocol['demos_per_task']))} demos per task, {protocol['seeds']} seed(s), "
+        f"{protocol['image_size']} px, {'/'.join(map(str, protocol['demos_per_task']))} demos per task"
+        f"{dart}, {protocol['seeds']} seed(s), "
         f"{protocol['steps']} BC steps (cosine), final evaluation {protocol['episodes']} episodes per policy in "
         f"eval mode on unseen seeds (from {EVAL_SEED_OFFSET}), horizon {protocol['horizon'] or 'the task default'} steps. "
         f"Cells: final checkpoint's success, pooled over seeds (95% Wilson interval). Best ckpt: R3M's max over "
