@@ -232,7 +232,8 @@ def test_collected_demos_hold_both_views(tmp_path):
 def test_kitchen_suite_reports_each_view_and_their_mean(tmp_path):
     import json
 
-    from voltron.policy.suite import FLOOR, ORACLE, SuiteOptions, run_eval_suite
+    from voltron.datasets.demos import DemoFile
+    from voltron.policy.suite import FLOOR, ORACLE, SuiteOptions, run_eval_suite, suite_spec
 
     options = SuiteOptions(
         encoders=["v-cond-tiny"], random_init=[True], suite="kitchen5", tasks=["kitchen-sdoor-open"],
@@ -246,6 +247,12 @@ def test_kitchen_suite_reports_each_view_and_their_mean(tmp_path):
     assert table.rows[views[2]]["kitchen-sdoor-open"]["n"] == 4  # both views' episodes, pooled
     results = json.loads((tmp_path / "suite" / "results.json").read_text())
     assert results["protocol"]["views"] == ["left_cap2", "right_cap2"]
+    # the suite's DART noise, recorded in the protocol and in the demo file's name and env_args
+    assert results["protocol"]["dart_noise"] == suite_spec("kitchen5").dart_noise > 0
+    (demos,) = (tmp_path / "suite" / "demos").glob("*.hdf5")
+    with DemoFile(demos) as demo_file:
+        assert demos.stem.endswith(f"-dart{suite_spec('kitchen5').dart_noise:g}")
+        assert demo_file.env_args["dart_noise"] == suite_spec("kitchen5").dart_noise
     cameras = {r["settings"]["camera"] for label in views[:2] for r in results["runs"][label]["kitchen-sdoor-open"]}
     assert cameras == {"left_cap2", "right_cap2"}
     times = results["wall_seconds"]  # where the suite's time went: demos, then BC and rollouts per row

@@ -438,3 +438,18 @@ def test_a_bad_dart_noise_is_one_line_naming_it(tmp_path, capsys, value):
     assert main(f"sim collect --task reach --out {tmp_path}/d.hdf5 --dart-noise {value}".split()) == 2
     stderr = capsys.readouterr().err.strip()
     assert stderr.startswith("error: dart_noise=") and "\n" not in stderr and not (tmp_path / "d.hdf5").exists()
+
+
+def test_the_suite_does_not_reuse_a_policy_trained_on_other_demos(tmp_path):
+    from voltron.errors import UserError
+    from voltron.policy.config import NO_ENCODER
+    from voltron.policy.suite import ORACLE, Row, SuiteOptions, train_and_evaluate
+
+    run = tmp_path / "policies" / "state_oracle" / "kitchen-knob-on" / "seed0"  # as an earlier protocol left it
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"training": {"demos": "/old/kitchen-knob-on-25x32px-left_cap2.hdf5"}}))
+    demos = tmp_path / "demos" / "kitchen-knob-on-25x32px-left_cap2-dart0.03.hdf5"
+    row = Row(ORACLE, NO_ENCODER, lowdim="state")
+    with pytest.raises(UserError, match=r"trained on kitchen-knob-on-25x32px-left_cap2\.hdf5.*-dart0\.03\.hdf5"):
+        train_and_evaluate(SuiteOptions(), row, "kitchen-knob-on", 25, 0, demos, run, {})
