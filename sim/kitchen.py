@@ -81,8 +81,9 @@ DIFFERENCES = (
     "proprio is the true joint positions (no sensor noise).",
     "kitchen-ldoor-open: at the goal band's edge (-1.01 rad) the left door's handle is 1.06-1.11 m from the arm's "
     "shoulder, beyond its 0.95 m reach in this model, so the expert pulls the door to -0.4 rad by the handle, then "
-    "pushes its inner face from behind. With the desk shifted away from the arm, the closed handle itself is "
-    "1.01-1.07 m from the shoulder on 6 of the first 50 reset seeds, and the expert fails those.",
+    "pushes its inner face from behind. With the desk shifted away from the arm, the closed handle's nearest point is "
+    "0.948-1.031 m from the shoulder on the 11 of the first 50 reset seeds the expert fails (it never grasps the "
+    "handle on 6, and loses it before -0.4 rad on 5).",
     "Horizon 100 steps instead of R3M's 50: this model's arm joints top out near 0.9 rad/s (force limit over "
     "damping), so the scripted experts need a median of 41-86 steps (sim/tasks.py, bench/kitchen_experts.py).",
 )
