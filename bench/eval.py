@@ -138,9 +138,9 @@ def main() -> None:
             f"{every} (every core) {every_rate:.1f}: {auto_rate / every_rate:.2f}x"
         )
 
-    from voltron.policy.suite import SuiteOptions
+    from voltron.policy.suite import SuiteOptions, resolve_options
 
-    protocol = SuiteOptions(encoders=[args.encoder])  # the defaults of `voltron eval-suite`
+    protocol = resolve_options(SuiteOptions(encoders=[args.encoder]))  # the defaults of `voltron eval-suite`
     best = max(rates.values())
     policies = 5 * protocol.seeds * len(protocol.demos_per_task)
     episodes = protocol.episodes + (protocol.checkpoints - 1) * protocol.checkpoint_episodes  # per policy

@@ -104,3 +104,10 @@ def test_eval_suite_flags_reach_the_options(tmp_path, monkeypatch):
     args = ["eval-suite", "--tasks", "assembly", "hammer", "--demos-per-task", "5", "10", "--out", str(tmp_path)]
     assert main(args) == 0
     assert seen["options"].tasks == ["assembly", "hammer"] and seen["options"].demos_per_task == [5, 10]
+    assert seen["options"].steps is None and suite.resolve_options(seen["options"]).steps == 2000  # metaworld5's
+
+    args = ["eval-suite", "--suite", "kitchen5", "--dart-noise", "0.05", "--out", str(tmp_path / "k")]
+    assert main(args) == 0
+    resolved = suite.resolve_options(seen["options"])
+    assert (resolved.steps, resolved.dart_noise) == (6000, 0.05)  # the suite's BC steps, the flag's noise
+    assert suite.resolve_options(suite.SuiteOptions(suite="kitchen5", steps=300)).dart_noise == 0.03

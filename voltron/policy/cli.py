@@ -79,7 +79,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suite.add_argument("--out", help="output directory (default runs/eval-suite)")
     suite.add_argument("--num-envs", type=int)
     suite.add_argument("--horizon", type=int, help="evaluation steps per episode (default: the task's, 500)")
-    suite.add_argument("--steps", type=int, help="policy training steps (cosine schedule) (default 2000)")
+    suite.add_argument(
+        "--steps",
+        type=int,
+        help="policy training steps (cosine schedule) (default: the suite's, 2000 or 6000 for kitchen5)",
+    )
+    suite.add_argument(
+        "--dart-noise", type=float,
+        help="std of the noise executed but not recorded in demo collection (DART) (default: the suite's, 0 or 0.03)",
+    )  # fmt: skip
     suite.add_argument("--image-size", type=int, help="rendered frame size (demos and evaluation) (default 112)")
     suite.add_argument("--camera", help="camera (default: the suite's, corner3 for metaworld5)")
     suite.add_argument("--no-references", dest="references", action="store_false", help="skip the reference rows")
