@@ -11,9 +11,9 @@ import signal
 import tempfile
 import time
 import traceback
-from multiprocessing.connection import wait as wait_for_any
 from collections.abc import Callable, Sequence
 from functools import partial
+from multiprocessing.connection import wait as wait_for_any
 from typing import Any
 
 import numpy as np

@@ -194,8 +194,10 @@ def run_episodes(
     num_envs = max(1, min(num_envs, len(queue)))
     bar = tqdm(total=len(queue) * horizon, desc=f"eval {task}", unit="step", disable=not progress)
     # in process for one env: no worker to start (the serial baseline of bench/eval.py)
-    envs = _InProcessEnv(SimEnv(task, **env_kwargs)) if num_envs == 1 else VectorSimEnv.from_task(
-        task, num_envs, **env_kwargs
+    envs = (
+        _InProcessEnv(SimEnv(task, **env_kwargs))
+        if num_envs == 1
+        else VectorSimEnv.from_task(task, num_envs, **env_kwargs)
     )
     streams = [policy] if num_envs == 1 else [policy.fork() for _ in range(num_envs)]
     running: dict[int, dict[str, Any]] = {}  # env slot -> the record of the episode it runs
