@@ -312,7 +312,6 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     spec = suite_spec(options.suite)
     tasks = list(options.tasks or spec.tasks)
     camera = options.camera or spec.camera
-    dart_noise = options.dart_noise
     views = (options.camera,) if options.camera else (spec.views or (camera,))
     counts = sorted(set(options.demos_per_task))
     if not counts or counts[0] < 1 or options.seeds < 1 or options.episodes < 1:
@@ -333,7 +332,9 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
     skipped: dict[str, str] = {}
     for task in tasks:
         try:
-            demos = ensure_demos(task, counts[-1], out, options.image_size, camera, options.progress, dart_noise)
+            demos = ensure_demos(
+                task, counts[-1], out, options.image_size, camera, options.progress, options.dart_noise
+            )
         except NoSuccessfulEpisodes as error:  # reported as not run, not as 0%: nothing measured the encoders
             skipped[task] = f"the scripted expert never succeeded, so there are no demos: {error}"
             continue
@@ -384,10 +385,7 @@ def run_eval_suite(options: SuiteOptions) -> SuiteTable:
                 if count == n and label not in (ORACLE, FLOOR):
                     margins[table_label] = margin(table_rows[table_label]["mean"], floor["mean"])
     table = SuiteTable(tasks, table_rows, broken, margins, skipped)
-    protocol = {
-        **asdict(options), "camera": camera, "views": list(views), "tasks": tasks, "oracle_min": ORACLE_MIN,
-        "dart_noise": dart_noise,
-    }  # fmt: skip
+    protocol = {**asdict(options), "camera": camera, "views": list(views), "tasks": tasks, "oracle_min": ORACLE_MIN}
     runs = {label: {t: [asdict(r) for r in rs] for t, rs in by_task.items()} for label, by_task in results.items()}
     times = wall_times(out, tasks, [labels[key] for key in labels if key[2] != "mean"])
     atomic_write_json(
