@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from voltron.errors import MissingDependency
 from voltron.sim.env import TaskEnv
 from voltron.sim.render import mujoco
 from voltron.sim.tasks import KITCHEN_HORIZON, TaskSpec, get_task
@@ -115,7 +116,7 @@ def model_path() -> Path:
     try:
         import gymnasium_robotics
     except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(
+        raise MissingDependency(
             "the Franka Kitchen tasks need gymnasium-robotics: pip install -e '.[sim]'", name="gymnasium_robotics"
         ) from error
     return Path(gymnasium_robotics.__file__).parent / "envs/assets/kitchen_franka/kitchen_assets/kitchen_env_model.xml"

@@ -11,6 +11,8 @@ import weakref
 
 import numpy as np
 
+from voltron.errors import MissingDependency
+
 # Backends tried in order when MUJOCO_GL is unset. EGL renders on a GPU when there is one and through Mesa's
 # llvmpipe otherwise; OSMesa is the pure-software fallback. llvmpipe loads the system libLLVM into the global
 # symbol scope; voltron.llvm_isolation (installed when voltron is imported) keeps Triton's LLVM, which torch.compile
@@ -103,7 +105,7 @@ def _import_mujoco():
         import mujoco as module
     except ModuleNotFoundError as error:
         if error.name == "mujoco":
-            raise ModuleNotFoundError("voltron.sim needs mujoco: pip install -e '.[sim]'", name="mujoco") from error
+            raise MissingDependency("voltron.sim needs mujoco: pip install -e '.[sim]'", name="mujoco") from error
         raise GLBackendError(f"{gl_help()}\nUnderlying error: {type(error).__name__}: {error}") from error
     except Exception as error:  # PyOpenGL fails in several ways (ImportError, AttributeError) without its library
         raise GLBackendError(f"{gl_help()}\nUnderlying error: {type(error).__name__}: {error}") from error

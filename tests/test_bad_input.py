@@ -295,3 +295,19 @@ def test_low_dim_policy_trains_on_demos_without_images_and_metrics_are_strict_js
         "lr": None,
         "step": 3,
     }
+
+
+def test_a_missing_optional_package_is_one_line(workspace, monkeypatch, capsys):
+    """A command whose extra is not installed (here the kitchen's gymnasium-robotics) says which package and how to
+    install it, in one line, and writes nothing."""
+    from voltron.cli import main
+
+    monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)  # import gymnasium_robotics now fails
+    monkeypatch.setenv("VOLTRON_DEBUG", "")
+    before = snapshot(workspace)
+    out = workspace / "kitchen.hdf5"
+    code = main(["sim", "collect", "--task", "kitchen-micro-open", "--episodes", "1", "--out", str(out)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert "gymnasium-robotics" in lines[0] and "pip install" in lines[0], lines[0]
+    assert snapshot(workspace) == before

@@ -10,13 +10,14 @@ import signal
 import sys
 import threading
 
-from voltron.errors import UserError, one_line
+from voltron.errors import MissingDependency, UserError, one_line
 from voltron.io import Terminated, terminate_like_interrupt
 
 # Bad input (missing or corrupt files, unknown names, wrong shapes, unreadable configs or bags) is reported as one
-# line naming the problem, exit status 2; set VOLTRON_DEBUG=1 for the traceback. UserError is a ValueError. Library
-# errors that mean bad input are named by (module, class) so that `voltron --help` imports neither library.
-USER_ERRORS = (OSError, KeyError, ValueError)
+# line naming the problem, exit status 2; set VOLTRON_DEBUG=1 for the traceback. UserError is a ValueError; a
+# missing optional package (MissingDependency) is one line too. Library errors that mean bad input are named by
+# (module, class) so that `voltron --help` imports neither library.
+USER_ERRORS = (OSError, KeyError, ValueError, MissingDependency)
 LIBRARY_USER_ERRORS = (("draccus.utils", "ParsingError"), ("rosbags.highlevel.anyreader", "AnyReaderError"))
 
 # Each module exposes `register(subparsers)`, which adds its subcommands and sets `func` on them.

@@ -40,6 +40,14 @@ class UserError(ValueError):
         self.value = None if value is _UNSET else value
 
 
+class MissingDependency(ModuleNotFoundError):
+    """An optional package a command needs is not installed: the message names it and the `pip install` that adds it.
+
+    A ModuleNotFoundError, so code that catches import errors keeps working; the `voltron` command prints it as one
+    line, like a UserError (the fix is in the user's environment, not in voltron).
+    """
+
+
 def one_line(text: Any) -> str:
     """`text` with its lines joined and runs of whitespace collapsed (error messages must fit one line)."""
     return " ".join(str(text).split())

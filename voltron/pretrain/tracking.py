@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from voltron.errors import MissingDependency
 from voltron.io import atomic_write_bytes
 
 METRICS_FILE = "metrics.jsonl"
@@ -153,13 +154,13 @@ class Tracker:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
-                raise ImportError("log.tensorboard=true needs tensorboard: pip install 'voltron[track]'") from err
+                raise MissingDependency("log.tensorboard=true needs tensorboard: pip install 'voltron[track]'") from err
             self._tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
         if wandb:
             try:
                 import wandb as wandb_module
             except ImportError as err:
-                raise ImportError("log.wandb=true needs wandb: pip install 'voltron[track]'") from err
+                raise MissingDependency("log.wandb=true needs wandb: pip install 'voltron[track]'") from err
             self._wandb = wandb_module.init(
                 project=wandb_project,
                 entity=wandb_entity,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from voltron.errors import MissingDependency
 from voltron.ros import codecs
 from voltron.ros.config import RobotConfig
 
@@ -218,7 +219,7 @@ def make_bridge(config: RobotConfig, backend: str | None = None) -> RobotBridge:
         module = importlib.import_module(module_name)
     except ImportError as err:
         extra = "ros-native" if name == "rclpy" else "ros"
-        raise ImportError(
+        raise MissingDependency(
             f"the {name} backend needs the [{extra}] extra (pip install 'voltron[{extra}]'): {err}"
         ) from err
     return getattr(module, class_name)(config)

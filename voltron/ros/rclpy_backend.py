@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from voltron.errors import MissingDependency
 from voltron.ros import codecs
 from voltron.ros.bridge import RobotBridge
 from voltron.ros.config import RobotConfig, normalize_type
@@ -29,7 +30,7 @@ def message_class(msg_type: str, kind: str = "msg"):
     try:
         return getattr(importlib.import_module(f"{package}.{kind}"), name)
     except (ImportError, AttributeError) as err:
-        raise ImportError(
+        raise MissingDependency(
             f"ROS 2 {kind} type {msg_type} is not installed: pip install ros-jazzy-{package.replace('_', '-')}"
         ) from err
 
