@@ -145,16 +145,27 @@ def ensure_demos(
 ) -> Path:
     """Scripted-expert demos (reset seeds 0, 1, ...) at the task's own horizon, every one in the train split (a
     demo-count sweep trains on the first N); they carry the simulator state for the state oracle. `dart_noise`
-    names the file too, so demos of different noise are never mixed."""
-    from voltron.sim.collect import collect
+    names the file too, so demos of different noise are never mixed. An expert that cannot make `count` demos within
+    the collector's attempts is an error, and no file is kept: a suite must not train on fewer demos than it says."""
+    from voltron.sim.collect import NoSuccessfulEpisodes, collect
 
     noise = f"-dart{dart_noise:g}" if dart_noise else ""
     path = out / "demos" / f"{task}-{count}x{image_size}px-{camera}{noise}.hdf5"
     if not path.is_file():
         with _Timing(path.with_name(f"{path.stem}.timing.json")).stage("collect_s"):
-            collect(
-                task, count, path, seed=0, image_size=image_size, camera=camera, valid_fraction=0.0,
-                progress=progress, dart_noise=dart_noise,
+            try:
+                _, stats = collect(
+                    task, count, path, seed=0, image_size=image_size, camera=camera, valid_fraction=0.0,
+                    progress=progress, dart_noise=dart_noise,
+                )  # fmt: skip
+            except NoSuccessfulEpisodes as error:
+                raise UserError(str(error), key="dart_noise", value=dart_noise) from error
+        if stats.successes < count:
+            path.unlink()
+            raise UserError(
+                f"{path}: the {task} expert succeeded in {stats.successes} of {stats.attempts} attempts, fewer than "
+                f"the {count} demos asked, so no demo file was kept", key="dart_noise", value=dart_noise,
+                expected="a task and noise the expert solves (see voltron sim collect's success rate)",
             )  # fmt: skip
     return path
 
