@@ -22,6 +22,8 @@ against the compiled model.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +116,9 @@ GOALS = {
 def model_path() -> Path:
     """The FrankaKitchen-v1 scene inside the installed gymnasium-robotics wheel."""
     try:
-        import gymnasium_robotics
+        # its import prints a notice about its Adroit envs' rewards to stderr, on every kitchen command
+        with contextlib.redirect_stderr(io.StringIO()):
+            import gymnasium_robotics
     except ModuleNotFoundError as error:
         raise MissingDependency(
             "the Franka Kitchen tasks need gymnasium-robotics: pip install -e '.[sim]'", name="gymnasium_robotics"
