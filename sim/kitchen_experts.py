@@ -48,10 +48,6 @@ REACHED = 0.015  # metres: a waypoint counts as reached within this
 # hand creeping towards points it was all but past, and the left door succeeded on 41 of 50 seeds instead of 43)
 PASSED = 0.08
 GRASP_STEPS = 2
-# Weight of the orientation error against the position error (m against rad) while pushing the door's inner face:
-# at 1 the arm stalled short of the goal band on the seeds with the desk shifted away (-1.01 rad on one of 50),
-# at 0.05-0.1 it reaches about 2 cm further (44-45 of 50 seeds succeed; 0.2: 43, 0.3: 44 with the door pushed low)
-PUSH_TURN_WEIGHT = 0.1
 LOST_GRIP = 0.02  # metres: the fingers' two openings summed, below which they hold nothing (a bar is 4.4 cm thick)
 RELEASE_BACKOFF = 0.06  # metres the hand backs off a handle it lets go of
 INSERT_STEPS = 8  # at most: a handle touched on the way in stops the hand short of the waypoint
@@ -116,6 +112,9 @@ class Script:
     # that swings out of the arm's reach.
     push_from_inside: float | None = None
     inside_waypoints: tuple[tuple[float, float, float], ...] = ()
+    # Weight of the orientation error against the position error (rad against m) on the handle or door (insert,
+    # grasp, turn): below 1 the arm gives up some of the hand's orientation for reach.
+    turn_weight: float = 1.0
 
 
 SCRIPTS = {
@@ -132,9 +131,13 @@ SCRIPTS = {
     # the shoulder at the goal band's edge, reach 0.95 m), so the hand lets go (the door stops near -0.35), goes
     # round the door's free edge and pushes its inner face with the hand's site level with that edge, the nearest
     # point (letting go at -0.28 left too narrow a gap to get round), 3 cm above the door's bottom edge, nearer the
-    # shoulder's height (45 of 50 seeds succeed; 43 at 8 cm, where one seed stalled at -1.01 rad, just short of the
-    # band, and 43-44 at 2 and 4 cm). With the desk shifted away, the hand reaches the bar only with its fingertips,
-    # which lose it at -0.12 to -0.23 rad: the hand then lets go there and goes round as well (`_lost_grip`).
+    # shoulder's height. With the desk shifted away (x -0.06 to -0.09 m) the bar's nearest surface is 0.965-0.976 m
+    # from the shoulder on 3 of the first 50 reset seeds and the hand's site reaches 0.947 m: the fingertips (5.9 cm
+    # past the site) lose the bar at -0.12 to -0.23 rad, where the hand lets go and goes round as well (`_lost_grip`),
+    # and the push stalled short of the goal band (-1.01 rad on another seed). Orientation weighted 0.05 against
+    # position on the handle and door gives the arm its last centimetres of reach: 48 of 50 seeds succeed at
+    # 0.03-0.07 (47 at 0.1, 43 at 0.2, 44 at 1; the push 8 cm above the bottom edge instead of 3 also gives 48 at
+    # 0.05, and one fewer at 1). On the other 2 the bar is 1.009 and 1.028 m away, beyond the fingertips.
     "kitchen-ldoor-open": Script(
         yaw_blend=0.5,
         grip_offset=(0.0, 0.0, -0.14),
@@ -143,6 +146,7 @@ SCRIPTS = {
         lead=0.6,
         push_from_inside=-0.3,
         inside_waypoints=((0.47, -0.12, -0.17), (0.47, 0.07, -0.17), (0.38, 0.07, -0.17)),
+        turn_weight=0.05,
     ),
     "kitchen-micro-open": Script(grip_offset=(0.0, 0.0, 0.1), depth=-0.01, face_shoulder=True),  # high, over the kettle
 }
@@ -405,8 +409,8 @@ class KitchenExpert:
         else:  # straight in along the approach of the pre-grasp solution, holding its orientation
             grip, _ = self._grasp_pose()
             position, orientation = grip + self.script.depth * self._hold[:, 2], self._hold
-        # pushing from inside, the hand's orientation matters little and the arm needs all its reach
-        weight = PUSH_TURN_WEIGHT if self.phase == "turn" and self._inside is not None else 1.0
+        # going round a door, the hand's orientation keeps it clear of the doors; on the handle or door, reach counts
+        weight = 1.0 if self.phase in ("release", "around") else script.turn_weight
         increment, error = dls_step(model, data, site, position, orientation, False, self._jacobians, None, weight)
         increment = np.clip(increment, -MAX_JOINT_STEP, MAX_JOINT_STEP)
         reached = np.linalg.norm(error[:3]) < REACHED
